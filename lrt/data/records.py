@@ -1,0 +1,22 @@
+"""The one record type every task loader returns, so prompts, training and grading share a schema."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Record:
+    """One question with its gold final answer.
+
+    `question` is the full text shown to the model (for LSAT: passage, blank line, question);
+    multiple-choice options live in `choices` as plain texts without their "(A)" prefix, so the
+    prompt layer decides how to letter them. `answer` is the gold final answer as a string
+    (a number, a LaTeX expression, or a letter A-E).
+    """
+
+    id: str
+    question: str
+    answer: str
+    solution: str | None = None
+    choices: tuple[str, ...] | None = None
