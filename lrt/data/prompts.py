@@ -1,0 +1,66 @@
+"""Turning records into the text the base model reads and the answer text it is trained on.
+
+Every inference mode (`lrt`, `nothink`, `cot`, `hybrid`) uses the same question prompt, so a
+comparison between modes measures the thinking span alone, not a prompt difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from lrt.data.records import Record
+from lrt.errors import ConfigError
+
+TARGETS = ("answer", "solution")
+LETTERS = "ABCDEFGHIJ"
+
+
+@dataclass
+class PromptConfig:
+    """How a question is shown and how its gold answer is written (the `data.prompt` group)."""
+
+    user_template: str = "{question}"
+    answer_template: str = "The answer is {answer}."
+    target: str = "answer"
+    """SFT target: the formatted final answer, or the dataset's solution text before it."""
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ConfigError(f"data.prompt.target={self.target!r} is not one of {TARGETS}")
+        if "{question}" not in self.user_template:
+            raise ConfigError("data.prompt.user_template must contain '{question}'")
+        if "{answer}" not in self.answer_template:
+            raise ConfigError("data.prompt.answer_template must contain '{answer}'")
+
+
+def question_text(record: Record, cfg: PromptConfig) -> str:
+    """The user turn: the question, followed by lettered options for multiple choice."""
+    body = record.question
+    if record.choices:
+        options = "\n".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(record.choices))
+        body = f"{body}\n\n{options}"
+    return cfg.user_template.format(question=body)
+
+
+def format_prompt(
+    tokenizer: PreTrainedTokenizerBase, record: Record, cfg: PromptConfig, system: str | None
+) -> str:
+    """Chat-templated prompt ending with the assistant turn's opening (no thinking marker yet)."""
+    messages = [{"role": "user", "content": question_text(record, cfg)}]
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def format_target(record: Record, cfg: PromptConfig) -> str:
+    """The answer text the model is trained to produce after the thinking span."""
+    final = cfg.answer_template.format(answer=record.answer)
+    if cfg.target == "solution":
+        if not record.solution:
+            raise ConfigError(
+                f"data.prompt.target='solution' but record {record.id!r} has no solution text"
+            )
+        return f"{record.solution.strip()} {final}"
+    return final

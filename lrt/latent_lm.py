@@ -1,0 +1,365 @@
+"""Composition of the frozen base and the reasoner: encode, reason, decode with latents.
+
+The sequence the base sees is `[prompt, open marker, Z, close marker, answer]`. The prompt is
+encoded once without gradients and its KV cache is reused by everything after it: the SFT
+loss, every GRPO sample (the cache is expanded, never recomputed) and generation in all modes.
+Prompts are left-padded and positions come from the attention mask, so padding never changes
+a row's result.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache
+
+from lrt.backbone import Backbone
+from lrt.errors import ConfigError
+from lrt.reasoner import Reasoner
+
+MODES = ("lrt", "nothink", "cot")
+
+
+@dataclass
+class Prefix:
+    """The encoded prompt: KV cache, padding mask and the reasoner's input states."""
+
+    cache: DynamicCache
+    mask: torch.Tensor
+    hidden: torch.Tensor
+    last_logits: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.mask.shape[0]
+
+    def fork(self, repeats: int = 1) -> Prefix:
+        """A copy whose cache can be extended freely; each row repeated `repeats` times.
+
+        Decoding appends to a KV cache in place, so every pass over the suffix gets its own copy
+        of the (small) prefix cache instead of re-encoding the prompt.
+        """
+        cache = copy.deepcopy(self.cache)
+        if repeats > 1:
+            cache.batch_repeat_interleave(repeats)
+
+        def rep(t: torch.Tensor) -> torch.Tensor:
+            return t.repeat_interleave(repeats, dim=0) if repeats > 1 else t
+
+        return Prefix(cache, rep(self.mask), rep(self.hidden), rep(self.last_logits))
+
+
+@dataclass
+class Generation:
+    """Decoded continuations, one per row."""
+
+    token_ids: list[list[int]]
+    """Every token after the prompt's thinking span (forced tokens of budget forcing included)."""
+    texts: list[str]
+    num_generated: list[int]
+    """Tokens the model produced itself (thinking + answer), the cost that modes are compared on."""
+    mean_logprob: torch.Tensor
+    """Mean log-probability of the answer tokens the model chose: the hybrid mode's confidence."""
+    truncated: list[bool]
+
+
+class LatentLM(nn.Module):
+    """Frozen base `M` plus trainable reasoner `G_phi`; only the reasoner gets gradients."""
+
+    def __init__(self, backbone: Backbone, reasoner: Reasoner | None = None) -> None:
+        super().__init__()
+        if not backbone.config.think_open or not backbone.config.think_close:
+            raise ConfigError("model.think_open and model.think_close must be non-empty text")
+        self.backbone = backbone
+        self.base = backbone.model
+        self.reasoner = reasoner
+        self.tokenizer = backbone.tokenizer
+        self.register_buffer("open_ids", self._ids(backbone.config.think_open), persistent=False)
+        self.register_buffer("close_ids", self._ids(backbone.config.think_close), persistent=False)
+        self.eos_ids = backbone.eos_token_ids
+
+    def _ids(self, text: str) -> torch.Tensor:
+        return torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def train(self, mode: bool = True) -> LatentLM:
+        """Keep the base in eval mode (no dropout) whatever Lightning asks of the module."""
+        super().train(mode)
+        self.base.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    # --- tokenisation ------------------------------------------------------------------------
+
+    def tokenize_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded prompt ids and mask (the chat template already holds any BOS)."""
+        self.tokenizer.padding_side = "left"
+        enc = self.tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
+        return enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
+
+    def tokenize_answers(self, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded answer ids followed by EOS, and their mask."""
+        eos = self.tokenizer.eos_token_id
+        rows = [self.tokenizer(a, add_special_tokens=False).input_ids + [eos] for a in answers]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    # --- the three steps ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Prefix:
+        """One no-grad pass over the prompt: its KV cache and the reasoner's input states."""
+        source = self.reasoner.config.source_layer if self.reasoner is not None else -1
+        out = self.base(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=_positions(attention_mask, 0),
+            past_key_values=DynamicCache(config=self.base.config),
+            use_cache=True,
+            output_hidden_states=self.reasoner is not None,
+            logits_to_keep=1,
+        )
+        if self.reasoner is not None:
+            hidden = out.hidden_states[source]
+            # Padded positions can hold garbage; zero them so no NaN leaks through attention.
+            hidden = torch.where(attention_mask.bool().unsqueeze(-1), hidden, 0.0)
+        else:
+            hidden = input_ids.new_zeros((input_ids.shape[0], 0))
+        return Prefix(out.past_key_values, attention_mask, hidden, out.logits[:, -1].float())
+
+    def reason(self, prefix: Prefix) -> torch.Tensor:
+        """Z = G_phi(H, mask): K latent vectors per question, one forward pass."""
+        if self.reasoner is None:
+            raise ConfigError("mode 'lrt' needs a reasoner; pass reasoner=<folder or checkpoint>")
+        return self.reasoner(prefix.hidden, prefix.mask).to(self.base.dtype)
+
+    def thinking_embeds(self, latents: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+        """Input embeddings of `[open marker, Z, close marker]` (or an empty span without Z)."""
+        embed = self.backbone.embed
+        open_e = embed(self.open_ids).unsqueeze(0).expand(batch_size, -1, -1)
+        close_e = embed(self.close_ids).unsqueeze(0).expand(batch_size, -1, -1)
+        parts = [open_e] if latents is None else [open_e, latents]
+        return torch.cat([*parts, close_e], dim=1)
+
+    def _forward_suffix(
+        self, prefix: Prefix, embeds: torch.Tensor, suffix_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the base over `embeds` on top of the prefix cache (which it extends)."""
+        mask = torch.cat([prefix.mask, suffix_mask], dim=1)
+        out = self.base(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=_positions(mask, prefix.mask.shape[1]),
+            past_key_values=prefix.cache,
+            use_cache=True,
+        )
+        return out.logits, mask
+
+    # --- SFT loss ----------------------------------------------------------------------------
+
+    def answer_logprobs(
+        self,
+        prefix: Prefix,
+        latents: torch.Tensor | None,
+        answer_ids: torch.Tensor,
+        answer_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per-token log p(answer | prompt, markers, Z), shape [B, m] (0 where padded).
+
+        Consumes `prefix.cache` (it is extended in place); use `prefix.fork()` to keep it.
+        Gradients flow into `latents` only: the base's weights are frozen.
+        """
+        b = answer_ids.shape[0]
+        think = self.thinking_embeds(latents, b)
+        embeds = torch.cat([think, self.backbone.embed(answer_ids)], dim=1)
+        suffix_mask = torch.cat([answer_mask.new_ones(b, think.shape[1]), answer_mask], dim=1)
+        logits, _ = self._forward_suffix(prefix, embeds, suffix_mask)
+        # The token at suffix position t is predicted by position t-1; the first answer token
+        # by the last position of the close marker.
+        start = think.shape[1] - 1
+        pred = logits[:, start : start + answer_ids.shape[1]].float()
+        logp = torch.log_softmax(pred, dim=-1).gather(-1, answer_ids.unsqueeze(-1)).squeeze(-1)
+        return logp * answer_mask
+
+    def sft_loss(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        answer_ids: torch.Tensor,
+        answer_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Mean negative log-likelihood of the answer tokens given the latents."""
+        prefix = self.encode(input_ids, attention_mask)
+        logp = self.answer_logprobs(prefix, self.reason(prefix), answer_ids, answer_mask)
+        return -logp.sum() / answer_mask.sum().clamp(min=1)
+
+    # --- generation --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prefix: Prefix,
+        mode: str,
+        latents: torch.Tensor | None = None,
+        max_answer_tokens: int = 32,
+        budget: int = 256,
+        force_answer: str = "The answer is",
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> Generation:
+        """Decode an answer after the thinking span of `mode`, batched with the KV cache.
+
+        `lrt` puts `latents` (or the reasoner's) in the span; `nothink` leaves it empty; `cot`
+        lets the model think for up to `budget` tokens and, when the budget is hit, closes the
+        span itself and appends `force_answer` (budget forcing). `prefix` is not modified.
+        """
+        if mode not in MODES:
+            raise ConfigError(f"mode={mode!r} is not one of {MODES}")
+        b = prefix.batch_size
+        work = prefix.fork()
+        if mode == "lrt":
+            z = self.reason(prefix) if latents is None else latents
+            embeds = self.thinking_embeds(z, b)
+        elif mode == "nothink":
+            embeds = self.thinking_embeds(None, b)
+        else:
+            embeds = self.backbone.embed(self.open_ids).unsqueeze(0).expand(b, -1, -1)
+        logits, mask = self._forward_suffix(work, embeds, prefix.mask.new_ones(b, embeds.shape[1]))
+        decoder = _Decoder(self, b, mode == "cot", budget, max_answer_tokens, force_answer)
+        return decoder.run(work.cache, mask, logits[:, -1].float(), temperature, top_p, generator)
+
+
+class _Decoder:
+    """Token-by-token batched decoding with per-row stopping and budget forcing.
+
+    Written here rather than taken from `generate()` because the span holds latent embeddings,
+    the prompt cache is shared across samples, and cot needs a per-row forced close marker; all
+    rows still advance one token per step (forced tokens are fed like sampled ones).
+    """
+
+    def __init__(
+        self,
+        lm: LatentLM,
+        batch_size: int,
+        thinking: bool,
+        budget: int,
+        max_answer_tokens: int,
+        force_answer: str,
+    ) -> None:
+        self.lm = lm
+        self.b = batch_size
+        self.thinking = [thinking] * batch_size
+        self.budget = budget
+        self.max_answer = max_answer_tokens
+        close = lm.backbone.config.think_close
+        self.close_text = close.strip()
+        self.forced_ids = lm._ids(close + force_answer).tolist()
+        self.tokens: list[list[int]] = [[] for _ in range(batch_size)]
+        self.queue: list[list[int]] = [[] for _ in range(batch_size)]
+        self.n_think = [0] * batch_size
+        self.n_answer = [0] * batch_size
+        self.logp_sum = torch.zeros(batch_size)
+        self.done = [False] * batch_size
+        self.truncated = [False] * batch_size
+
+    def run(
+        self,
+        cache: DynamicCache,
+        mask: torch.Tensor,
+        logits: torch.Tensor,
+        temperature: float,
+        top_p: float,
+        generator: torch.Generator | None,
+    ) -> Generation:
+        lm = self.lm
+        max_steps = self.max_answer + (self.budget + len(self.forced_ids) if any(self.thinking) else 0)
+        for _ in range(max_steps):
+            sampled = _sample(logits, temperature, top_p, generator)
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, sampled[:, None]).squeeze(-1).cpu()
+            next_ids = [self._step(i, int(sampled[i]), float(logp[i])) for i in range(self.b)]
+            if all(self.done):
+                break
+            ids = torch.tensor(next_ids, device=mask.device).unsqueeze(1)
+            mask = torch.cat([mask, mask.new_ones(self.b, 1)], dim=1)
+            out = lm.base(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=_positions(mask, mask.shape[1] - 1),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1].float()
+        for i in range(self.b):
+            if not self.done[i]:
+                self.truncated[i] = True
+        texts = lm.tokenizer.batch_decode(self.tokens, skip_special_tokens=True)
+        n_ans = torch.tensor(self.n_answer, dtype=torch.float).clamp(min=1)
+        return Generation(
+            token_ids=self.tokens,
+            texts=texts,
+            num_generated=[t + a for t, a in zip(self.n_think, self.n_answer, strict=True)],
+            mean_logprob=self.logp_sum / n_ans,
+            truncated=self.truncated,
+        )
+
+    def _step(self, i: int, sampled: int, logp: float) -> int:
+        """Advance row `i`; return the token fed to the model next for that row."""
+        if self.done[i]:
+            return self.lm.tokenizer.pad_token_id
+        if self.queue[i]:  # budget forcing: feed the close marker and answer prefix
+            token = self.queue[i].pop(0)
+            self.tokens[i].append(token)
+            return token
+        self.tokens[i].append(sampled)
+        if sampled in self.lm.eos_ids:
+            self.done[i] = True
+            return sampled
+        if self.thinking[i]:
+            self.n_think[i] += 1
+            tail = self.lm.tokenizer.decode(self.tokens[i][-8:])
+            if self.close_text and self.close_text in tail:
+                self.thinking[i] = False
+            elif self.n_think[i] >= self.budget:
+                self.thinking[i] = False
+                self.queue[i] = list(self.forced_ids)
+        else:
+            self.n_answer[i] += 1
+            self.logp_sum[i] += logp
+            if self.n_answer[i] >= self.max_answer:
+                self.done[i] = True
+                self.truncated[i] = True
+        return sampled
+
+
+def _positions(mask: torch.Tensor, start: int) -> torch.Tensor:
+    """Position ids from a left-padded mask, for the columns from `start` on."""
+    pos = mask.long().cumsum(-1) - 1
+    return pos.clamp(min=0)[:, start:]
+
+
+def _sample(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Greedy when `temperature` is 0, else temperature + nucleus sampling."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    gen_device = generator.device if generator is not None else probs.device
+    return torch.multinomial(probs.to(gen_device), 1, generator=generator).squeeze(-1).to(logits.device)

@@ -1,0 +1,194 @@
+"""The reasoning network G_phi: question hidden states in, K latent vectors out, one pass.
+
+K learned queries read the frozen base's hidden states through cross-attention (DESIGN.md
+section 1, step 2). The output goes through an RMS norm whose gain starts at the base's mean
+token-embedding RMS, so the latents enter the base at the scale of the inputs it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lrt.errors import CheckpointError, ConfigError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class ReasonerConfig:
+    """Shape of G_phi plus the identity of the base model it was built for."""
+
+    num_latents: int = 8
+    width: int = 256
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    source_layer: int = -1
+    """Which hidden-state layer of the base to read (-1: last layer, 0: embeddings)."""
+    arch: str = "query"
+    base_model: str = ""
+    base_hidden_size: int = 0
+    embed_rms: float = 1.0
+
+    def __post_init__(self) -> None:
+        for key in ("num_latents", "width", "depth", "heads"):
+            if int(getattr(self, key)) <= 0:
+                raise ConfigError(f"reasoner.{key}={getattr(self, key)} must be a positive integer")
+        if self.width % self.heads:
+            raise ConfigError(
+                f"reasoner.width={self.width} is not divisible by reasoner.heads={self.heads}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"reasoner.dropout={self.dropout} must be in [0, 1)")
+        if self.arch != "query":
+            raise ConfigError(f"reasoner.arch={self.arch!r} is not one of ('query',)")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "reasoner") -> ReasonerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"unknown key '{where}.{unknown[0]}'")
+        return cls(**raw)
+
+
+class RMSNorm(nn.Module):
+    """RMS normalisation with a learned per-dimension gain."""
+
+    def __init__(self, dim: int, init_gain: float = 1.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((dim,), float(init_gain)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * self.weight.float()).to(x.dtype)
+
+
+class ReasonerBlock(nn.Module):
+    """Pre-norm block: self-attention among queries, cross-attention to H, MLP."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+        super().__init__()
+        self.self_norm = nn.LayerNorm(width)
+        self.self_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
+        self.cross_norm = nn.LayerNorm(width)
+        self.cross_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
+        self.mlp_norm = nn.LayerNorm(width)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, width)
+        )
+
+    def forward(self, q: torch.Tensor, memory: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        h = self.self_norm(q)
+        q = q + self.self_attn(h, h, h, need_weights=False)[0]
+        h = self.cross_norm(q)
+        q = q + self.cross_attn(h, memory, memory, key_padding_mask=pad, need_weights=False)[0]
+        return q + self.mlp(self.mlp_norm(q))
+
+
+class Reasoner(nn.Module):
+    """G_phi: `(H [B, n, d], mask [B, n]) -> Z [B, K, d]`."""
+
+    def __init__(self, config: ReasonerConfig) -> None:
+        super().__init__()
+        if config.base_hidden_size <= 0:
+            raise ConfigError("reasoner.base_hidden_size must be set from the base model")
+        self.config = config
+        d, w = config.base_hidden_size, config.width
+        # Last-layer states of LLMs carry a few huge outlier dimensions; normalise before f_in.
+        self.in_norm = RMSNorm(d)
+        self.f_in = nn.Linear(d, w)
+        self.queries = nn.Parameter(torch.randn(config.num_latents, w) * 0.02)
+        self.blocks = nn.ModuleList(
+            ReasonerBlock(w, config.heads, config.mlp_ratio, config.dropout)
+            for _ in range(config.depth)
+        )
+        self.final_norm = nn.LayerNorm(w)
+        self.f_out = nn.Linear(w, d)
+        nn.init.normal_(self.f_out.weight, std=0.02)
+        nn.init.zeros_(self.f_out.bias)
+        self.out_norm = RMSNorm(d, init_gain=config.embed_rms)
+
+    @property
+    def num_latents(self) -> int:
+        return self.config.num_latents
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        memory = self.f_in(self.in_norm(hidden.to(self.f_in.weight.dtype)))
+        q = self.queries.unsqueeze(0).expand(hidden.shape[0], -1, -1)
+        pad = ~mask.bool()
+        for block in self.blocks:
+            q = block(q, memory, pad)
+        return self.out_norm(self.f_out(self.final_norm(q)))
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write `config.json` and `model.safetensors` (no pickle, loadable anywhere)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+        (directory / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        base_model: str | None = None,
+        base_hidden_size: int | None = None,
+    ) -> Reasoner:
+        """Load a saved reasoner; refuse one built for another base model."""
+        directory = Path(directory)
+        config = read_config(directory)
+        if base_hidden_size is not None and config.base_hidden_size != base_hidden_size:
+            raise CheckpointError(
+                f"reasoner {directory} was trained for a base of hidden size "
+                f"{config.base_hidden_size}, not {base_hidden_size}"
+            )
+        if base_model is not None and config.base_model != base_model:
+            raise CheckpointError(
+                f"reasoner {directory} was trained for base model {config.base_model!r}, "
+                f"not {base_model!r}"
+            )
+        model = cls(config)
+        try:
+            state = load_file(directory / WEIGHTS_NAME)
+        except Exception as err:  # safetensors raises several types for a damaged file
+            raise CheckpointError(f"{directory / WEIGHTS_NAME} is not a readable safetensors file: {err}") from err
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise CheckpointError(f"{directory / WEIGHTS_NAME} does not match {directory / CONFIG_NAME}") from err
+        return model
+
+
+def read_config(directory: str | Path) -> ReasonerConfig:
+    """Read a reasoner folder's `config.json` with a clear error when it is missing or damaged."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist: not a reasoner folder")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}") from err
+    return ReasonerConfig.from_dict(raw, where=str(path))
+
+
+def build_reasoner(raw: dict[str, Any], base_model: str, hidden_size: int, embed_rms: float) -> Reasoner:
+    """Build a fresh reasoner from the `reasoner` config group for a given base."""
+    config = ReasonerConfig.from_dict(
+        {**raw, "base_model": base_model, "base_hidden_size": hidden_size, "embed_rms": embed_rms}
+    )
+    return Reasoner(config)
