@@ -18,6 +18,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from lrt.backbone import Backbone
+from lrt.data.collate import pad_answers, pad_prompts
 from lrt.errors import ConfigError
 from lrt.reasoner import Reasoner
 
@@ -98,21 +99,11 @@ class LatentLM(nn.Module):
     # --- tokenisation ------------------------------------------------------------------------
 
     def tokenize_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded prompt ids and mask (the chat template already holds any BOS)."""
-        self.tokenizer.padding_side = "left"
-        enc = self.tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
-        return enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
+        ids, mask = pad_prompts(self.tokenizer, prompts)
+        return ids.to(self.device), mask.to(self.device)
 
     def tokenize_answers(self, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded answer ids followed by EOS, and their mask."""
-        eos = self.tokenizer.eos_token_id
-        rows = [self.tokenizer(a, add_special_tokens=False).input_ids + [eos] for a in answers]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
+        ids, mask = pad_answers(self.tokenizer, answers)
         return ids.to(self.device), mask.to(self.device)
 
     # --- the three steps ---------------------------------------------------------------------

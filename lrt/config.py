@@ -1,0 +1,50 @@
+"""Checks on the composed config that run before any model is loaded.
+
+Hydra already rejects unknown group options; these catch invalid values (K <= 0, unknown
+task or stage, a path that does not exist) with one line naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from lrt.backbone import backbone_config
+from lrt.data.prompts import PromptConfig
+from lrt.data.tasks import TASKS
+from lrt.errors import ConfigError
+from lrt.reasoner import ReasonerConfig
+
+STAGES = ("sft", "grpo")
+
+
+def check_path(key: str, value: str | None) -> None:
+    if value is not None and not Path(value).exists():
+        raise ConfigError(f"{key}={value} does not exist")
+
+
+def validate_data(cfg: DictConfig) -> None:
+    if cfg.data.task not in TASKS:
+        raise ConfigError(
+            f"data.task={cfg.data.task!r} is not a known task ({', '.join(sorted(TASKS))})"
+        )
+    for split in ("train", "val", "test"):
+        if split in cfg.data:
+            check_path(f"data.{split}.path", cfg.data[split].get("path"))
+    PromptConfig(**dict(cfg.data.prompt))
+
+
+def validate_train(cfg: DictConfig) -> None:
+    """Validate a `train.yaml` composition; raises ConfigError naming the offending key."""
+    if cfg.stage.name not in STAGES:
+        raise ConfigError(f"stage.name={cfg.stage.name!r} is not one of {STAGES}")
+    backbone_config(cfg.model)
+    ReasonerConfig.from_dict(dict(cfg.reasoner))
+    validate_data(cfg)
+    check_path("ckpt_path", cfg.get("ckpt_path"))
+    check_path("init_from", cfg.get("init_from"))
+    if cfg.stage.max_steps <= 0:
+        raise ConfigError(f"stage.max_steps={cfg.stage.max_steps} must be positive")
+    if cfg.stage.batch_size <= 0:
+        raise ConfigError(f"stage.batch_size={cfg.stage.batch_size} must be positive")

@@ -1,0 +1,1 @@
+"""Training stages: one LightningModule per stage (SFT, GRPO) sharing the optimiser set-up."""
