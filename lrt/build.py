@@ -44,6 +44,6 @@ def reasoner_from_checkpoint(path: Path, backbone: Backbone) -> Reasoner:
         )
     reasoner = Reasoner(ReasonerConfig.from_dict(meta["reasoner_config"], where=str(path)))
     prefix = "lm.reasoner."
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     reasoner.load_state_dict(state)
     return reasoner

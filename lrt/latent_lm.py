@@ -13,7 +13,6 @@ import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
@@ -275,7 +274,9 @@ class _Decoder:
         generator: torch.Generator | None,
     ) -> Generation:
         lm = self.lm
-        max_steps = self.max_answer + (self.budget + len(self.forced_ids) if any(self.thinking) else 0)
+        max_steps = self.max_answer + (
+            self.budget + len(self.forced_ids) if any(self.thinking) else 0
+        )
         for _ in range(max_steps):
             sampled = _sample(logits, temperature, top_p, generator)
             logp = torch.log_softmax(logits, dim=-1).gather(-1, sampled[:, None]).squeeze(-1).cpu()
@@ -353,4 +354,8 @@ def _sample(
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     gen_device = generator.device if generator is not None else probs.device
-    return torch.multinomial(probs.to(gen_device), 1, generator=generator).squeeze(-1).to(logits.device)
+    return (
+        torch.multinomial(probs.to(gen_device), 1, generator=generator)
+        .squeeze(-1)
+        .to(logits.device)
+    )

@@ -166,11 +166,15 @@ class Reasoner(nn.Module):
         try:
             state = load_file(directory / WEIGHTS_NAME)
         except Exception as err:  # safetensors raises several types for a damaged file
-            raise CheckpointError(f"{directory / WEIGHTS_NAME} is not a readable safetensors file: {err}") from err
+            raise CheckpointError(
+                f"{directory / WEIGHTS_NAME} is not a readable safetensors file: {err}"
+            ) from err
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
-            raise CheckpointError(f"{directory / WEIGHTS_NAME} does not match {directory / CONFIG_NAME}") from err
+            raise CheckpointError(
+                f"{directory / WEIGHTS_NAME} does not match {directory / CONFIG_NAME}"
+            ) from err
         return model
 
 
@@ -186,7 +190,9 @@ def read_config(directory: str | Path) -> ReasonerConfig:
     return ReasonerConfig.from_dict(raw, where=str(path))
 
 
-def build_reasoner(raw: dict[str, Any], base_model: str, hidden_size: int, embed_rms: float) -> Reasoner:
+def build_reasoner(
+    raw: dict[str, Any], base_model: str, hidden_size: int, embed_rms: float
+) -> Reasoner:
     """Build a fresh reasoner from the `reasoner` config group for a given base."""
     config = ReasonerConfig.from_dict(
         {**raw, "base_model": base_model, "base_hidden_size": hidden_size, "embed_rms": embed_rms}

@@ -24,8 +24,9 @@ def pad_answers(
     tokenizer: PreTrainedTokenizerBase, answers: list[str]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded answer ids with EOS appended, and their mask."""
-    rows = [tokenizer(a, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-            for a in answers]
+    rows = [
+        tokenizer(a, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for a in answers
+    ]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

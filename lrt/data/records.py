@@ -1,4 +1,4 @@
-"""The one record type every task loader returns, so prompts, training and grading share a schema."""
+"""The record type every task loader returns, so prompts, training and grading share one schema."""
 
 from __future__ import annotations
 

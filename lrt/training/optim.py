@@ -48,7 +48,9 @@ def configure(
 ) -> dict[str, Any]:
     """What a LightningModule's `configure_optimizers` returns."""
     optimizer = torch.optim.AdamW(
-        [p for p in params if p.requires_grad], lr=cfg.lr, betas=cfg.betas,
+        [p for p in params if p.requires_grad],
+        lr=cfg.lr,
+        betas=cfg.betas,
         weight_decay=cfg.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -1,0 +1,117 @@
+"""Synthetic multi-step arithmetic word problems: a task that needs no download.
+
+Difficulty is the number of operations, so accuracy per difficulty shows how much multi-step
+reasoning the latents carry. Every value stays a small non-negative integer, so the answer is
+unambiguous and a small model can read every number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+
+from lrt.data.records import Record
+from lrt.errors import ConfigError, DataError
+
+MAX_VALUE = 999
+"""Every intermediate value stays in [0, MAX_VALUE]."""
+
+SPLITS = ("train", "validation", "test")
+SPLIT_SIZES = {"train": 20000, "validation": 500, "test": 500}
+_BASE_SEED = 1234
+# Per split a distinct seed, and a disjoint hash bucket of question texts, so no question text
+# can appear in two splits whatever sizes are requested.
+_SPLIT_SEEDS = {split: _BASE_SEED * 10 + offset for offset, split in enumerate(SPLITS)}
+_HELD_OUT_PERCENT = 5
+
+
+def _bucket(question: str) -> str:
+    """The split a question text belongs to: 5% validation, 5% test, the rest train."""
+    h = int.from_bytes(hashlib.sha256(question.encode()).digest()[:8], "big") % 100
+    if h < _HELD_OUT_PERCENT:
+        return "test"
+    if h < 2 * _HELD_OUT_PERCENT:
+        return "validation"
+    return "train"
+
+
+def _problem(rng: random.Random, n_ops: int) -> tuple[str, str, int]:
+    """One problem with `n_ops` operations: (question, step-by-step solution, answer)."""
+    value = rng.randint(1, 20)
+    sentences = [f"Start with {value}."]
+    steps = []
+    for _ in range(n_ops):
+        ops = ["add"] if value + 1 <= MAX_VALUE else []
+        if value >= 1:
+            ops.append("subtract")
+        if value * 2 <= MAX_VALUE:
+            ops.append("multiply")
+        op = rng.choice(ops)
+        if op == "add":
+            amount = rng.randint(1, min(30, MAX_VALUE - value))
+            sentences.append(f"Add {amount}.")
+            new, sign = value + amount, "+"
+        elif op == "subtract":
+            amount = rng.randint(1, min(30, value))
+            sentences.append(f"Subtract {amount}.")
+            new, sign = value - amount, "-"
+        else:
+            amount = rng.randint(2, min(5, MAX_VALUE // value if value else 5))
+            sentences.append(f"Multiply by {amount}.")
+            new, sign = value * amount, "*"
+        steps.append(f"{value} {sign} {amount} = {new}.")
+        value = new
+    sentences.append("What is the result?")
+    return " ".join(sentences), " ".join(steps), value
+
+
+def generate_arith(
+    n: int,
+    seed: int,
+    min_ops: int = 1,
+    max_ops: int = 6,
+    *,
+    keep: Callable[[str], bool] | None = None,
+) -> list[Record]:
+    """`n` problems drawn deterministically from `seed`, difficulty uniform in [min_ops, max_ops].
+
+    `keep` filters question texts (drawing goes on until `n` are kept); `load_arith` uses it to
+    keep splits disjoint.
+    """
+    if n < 0:
+        raise ConfigError(f"arith: n must be >= 0, got {n}.")
+    if not 1 <= min_ops <= max_ops:
+        raise ConfigError(f"arith: need 1 <= min_ops <= max_ops, got {min_ops} and {max_ops}.")
+    rng = random.Random(seed)
+    records: list[Record] = []
+    for _ in range(100 * n + 1000):
+        if len(records) == n:
+            break
+        question, solution, answer = _problem(rng, rng.randint(min_ops, max_ops))
+        if keep is None or keep(question):
+            records.append(
+                Record(
+                    id=f"arith/{seed}/{len(records)}",
+                    question=question,
+                    answer=str(answer),
+                    solution=solution,
+                )
+            )
+    if len(records) < n:
+        raise DataError(
+            f"arith: kept only {len(records)} of {n} problems; the filter is too strict."
+        )
+    return records
+
+
+def load_arith(
+    split: str, limit: int | None = None, min_ops: int = 1, max_ops: int = 6
+) -> list[Record]:
+    """The `arith` task's split: its own seed and its own hash bucket of question texts."""
+    if split not in SPLITS:
+        raise ConfigError(f"Unknown split {split!r} for task 'arith'; known splits: {SPLITS}.")
+    n = SPLIT_SIZES[split] if limit is None else limit
+    return generate_arith(
+        n, _SPLIT_SEEDS[split], min_ops, max_ops, keep=lambda q: _bucket(q) == split
+    )

@@ -1,0 +1,268 @@
+"""Task loading from the shared data, the arith generator, and errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import pytest
+
+from lrt.data import TASKS, Record, generate_arith, load_task
+from lrt.data.arith import MAX_VALUE
+from lrt.data.tasks import last_boxed, parse_lsat
+from lrt.errors import ConfigError, DataError
+
+# (task, split, file under the data folder, expected records): the README's row counts.
+SHARED = [
+    ("gsm8k", "train", "gsm8k/train.jsonl", 7473),
+    ("gsm8k", "test", "gsm8k/test.jsonl", 989),
+    ("math", "test", "math500/test.jsonl", 375),
+    ("lsat", "test", "lsat/lsat-ar.jsonl", 230),
+    ("lsat_lr", "test", "lsat/lsat-lr.jsonl", 510),
+    ("lsat_rc", "test", "lsat/lsat-rc.jsonl", 269),
+    ("lsat", "train", "ar_lsat/train_ar.jsonl", 1585),
+    ("lsat", "validation", "ar_lsat/val_ar.jsonl", 231),
+    ("lsat_lr", "validation", "ar_lsat/val_lr.jsonl", 506),
+    ("lsat_rc", "validation", "ar_lsat/val_rc.jsonl", 270),
+]
+
+
+def _check_records(records: list[Record], grader: str) -> None:
+    assert len({r.id for r in records}) == len(records)
+    for r in records:
+        assert r.question.strip() and r.answer.strip() and r.answer == r.answer.strip()
+        if grader == "numeric":
+            assert re.fullmatch(r"-?\d+(\.\d+)?", r.answer), r
+        if grader == "choice":
+            assert r.choices is not None and len(r.choices) == 5
+            assert all(c.strip() and not re.match(r"\s*\([A-E]\)", c) for c in r.choices)
+            assert r.answer in "ABCDE"
+        else:
+            assert r.choices is None and r.solution
+
+
+@pytest.mark.parametrize(("task", "split", "rel", "count"), SHARED)
+def test_shared_files_load(data_dir: Path, task: str, split: str, rel: str, count: int) -> None:
+    by_file = load_task(task, split, data_dir / rel)
+    assert len(by_file) == count
+    _check_records(by_file, TASKS[task].grader)
+    # The data folder itself resolves to the same file through TaskSpec.local.
+    assert load_task(task, split, data_dir) == by_file
+
+
+def test_math_train_has_two_empty_boxed_rows(data_dir: Path, caplog) -> None:
+    """Upstream MATH train has two solutions ending in an empty \\boxed{}: reported, skippable."""
+    path = data_dir / "math/train.jsonl"
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:5530: field 'solution' "):
+        load_task("math", "train", path)
+    with caplog.at_level(logging.WARNING):
+        records = load_task("math", "train", path, on_error="skip")
+    assert len(records) == 7500 - 2
+    assert "Skipped 2 malformed rows" in caplog.text
+    _check_records(records, "math")
+
+
+def test_row_contents(data_dir: Path) -> None:
+    gsm = load_task("gsm8k", "train", data_dir, limit=3)
+    assert len(gsm) == 3 and gsm[0].answer == "72" and gsm[0].id == "gsm8k/train/0"
+    assert "<<" not in gsm[0].solution and "####" not in gsm[0].solution
+    math500 = load_task("math", "test", data_dir, limit=1)[0]
+    assert math500.answer == "p - q" and math500.id == "test/intermediate_algebra/1994.json"
+    ar = load_task("lsat", "test", data_dir, limit=1)[0]
+    assert ar.question.startswith("Of the eight students") and "\n\n" in ar.question
+    assert ar.answer == "C" and ar.choices[0].startswith("Mon. morning: Helen")
+    ar_train = load_task("lsat", "train", data_dir, limit=1)[0]
+    assert ar_train.id == "199106_2-G_1_1" and ar_train.answer == "B"
+
+
+def test_lsat_layouts_agree() -> None:
+    """AGIEval, AR-LSAT and hails hub rows of one question give the same Record content."""
+    options = ["(A)one", "(B)two", "(C)three", "(D)four", "(E)five"]
+    agieval = {"passage": "P.", "question": "Q?", "options": options, "label": "C"}
+    ar_lsat = {"context": "P.", "question": "Q?", "answers": [o[3:] for o in options], "label": 2}
+    hub = {
+        "query": "Q: P. Q? Answer Choices: " + " ".join(options) + "\nA: Among A through E, the "
+        "answer is",
+        "choices": options,
+        "gold": [2],
+    }
+    records = [parse_lsat(row, "x") for row in (agieval, ar_lsat, hub)]
+    assert {r.answer for r in records} == {"C"}
+    assert {r.choices for r in records} == {("one", "two", "three", "four", "five")}
+    assert records[0].question == records[1].question == "P.\n\nQ?"
+    assert records[2].question == "P. Q?"
+
+
+def test_last_boxed() -> None:
+    assert last_boxed(r"so \boxed{1} then \boxed{\frac{a}{b^{2}}}.") == r"\frac{a}{b^{2}}"
+    assert last_boxed(r"$\boxed{\{1, 2\}}$") == r"\{1, 2\}"
+    assert last_boxed(r"our answer is $\boxed 2$.") == "2"
+    assert last_boxed(r"\boxed{unclosed") is None
+    assert last_boxed("no box") is None
+
+
+# --- arith -------------------------------------------------------------------------------------
+
+
+def _evaluate(question: str) -> tuple[int, int]:
+    """(answer, number of operations) recomputed from the question text alone."""
+    sentences = re.findall(r"(Start with|Add|Subtract|Multiply by) (\d+)\.", question)
+    value = int(sentences[0][1])
+    for op, amount in sentences[1:]:
+        value = {"Add": value + int(amount), "Subtract": value - int(amount)}.get(
+            op, value * int(amount)
+        )
+        assert 0 <= value <= MAX_VALUE
+    return value, len(sentences) - 1
+
+
+def test_arith_deterministic_and_correct() -> None:
+    a = generate_arith(300, seed=7, min_ops=2, max_ops=4)
+    assert a == generate_arith(300, seed=7, min_ops=2, max_ops=4)
+    assert a != generate_arith(300, seed=8, min_ops=2, max_ops=4)
+    assert generate_arith(50, seed=7, min_ops=2, max_ops=4) == a[:50]
+    ops_seen = set()
+    for i, record in enumerate(a):
+        answer, n_ops = _evaluate(record.question)
+        assert record.answer == str(answer) and record.id == f"arith/7/{i}"
+        assert record.question.endswith("What is the result?")
+        assert record.solution.count("=") == n_ops
+        assert record.solution.endswith(f"= {answer}.")
+        ops_seen.add(n_ops)
+    assert ops_seen == {2, 3, 4}
+
+
+def test_arith_splits_disjoint() -> None:
+    train = load_task("arith", "train")
+    validation = load_task("arith", "validation")
+    test = load_task("arith", "test")
+    assert (len(train), len(validation), len(test)) == (20000, 500, 500)
+    assert load_task("arith", "test", limit=20) == test[:20]
+    train_q = {r.question for r in train}
+    assert not train_q & {r.question for r in test}
+    assert not train_q & {r.question for r in validation}
+    assert not {r.question for r in validation} & {r.question for r in test}
+    difficulties = [_evaluate(r.question)[1] for r in test]
+    assert set(difficulties) == set(range(1, 7))
+
+
+def test_arith_options_through_load_task() -> None:
+    easy = load_task("arith", "test", limit=200, min_ops=1, max_ops=2)
+    assert {_evaluate(r.question)[1] for r in easy} == {1, 2}
+    train = load_task("arith", "train", limit=2000, min_ops=1, max_ops=2)
+    assert not {r.question for r in easy} & {r.question for r in train}
+
+
+def test_arith_bad_args() -> None:
+    with pytest.raises(ConfigError, match="min_ops <= max_ops"):
+        generate_arith(5, seed=0, min_ops=3, max_ops=2)
+    with pytest.raises(ConfigError, match="takes no path"):
+        load_task("arith", "train", path="/tmp/x.jsonl")
+    with pytest.raises(ConfigError, match="Unknown option 'ops' for task 'arith'; known options"):
+        load_task("arith", "train", ops=3)
+    with pytest.raises(ConfigError, match="Unknown option 'min_ops' for task 'gsm8k'"):
+        load_task("gsm8k", "train", min_ops=3)
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def _write(path: Path, rows: list[str]) -> Path:
+    path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+GOOD = json.dumps({"question": "How many?", "answer": "2 + 2 = 4\n#### 4"})
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "message"),
+    [
+        ('{"question": "How many?", "answer": ', r":2: row is not valid JSON"),
+        (json.dumps({"answer": "#### 4"}), r":2: field 'question' is missing"),
+        (
+            json.dumps({"question": "How many?", "answer": "it is 4"}),
+            r":2: field 'answer' has no '#### <number>' final answer",
+        ),
+        (json.dumps(["a", "list"]), r":2: row is not a JSON object"),
+    ],
+)
+def test_malformed_rows(tmp_path: Path, bad_row: str, message: str, caplog) -> None:
+    path = _write(tmp_path / "train.jsonl", [GOOD, bad_row, GOOD])
+    with pytest.raises(DataError, match="^" + re.escape(str(path)) + message):
+        load_task("gsm8k", "train", path)
+    with caplog.at_level(logging.WARNING):
+        records = load_task("gsm8k", "train", tmp_path, on_error="skip")
+    assert [r.id for r in records] == ["gsm8k/train/0", "gsm8k/train/2"]
+    assert f"Skipped 1 malformed rows of {path}" in caplog.text
+
+
+def test_math_row_without_boxed(tmp_path: Path) -> None:
+    row = json.dumps({"problem": "1+1?", "solution": "It is 2.", "level": "Level 1"})
+    path = _write(tmp_path / "train.jsonl", [row])
+    with pytest.raises(DataError, match=r":1: field 'solution' has no \\boxed"):
+        load_task("math", "train", path)
+
+
+def test_lsat_bad_label(tmp_path: Path) -> None:
+    row = {"passage": "P", "question": "Q", "options": ["(A)a", "(B)b"], "label": "E"}
+    path = _write(tmp_path / "test.jsonl", [json.dumps(row)])
+    with pytest.raises(DataError, match=r":1: field 'label' is not a letter A-B"):
+        load_task("lsat", "test", path)
+
+
+def test_missing_and_empty(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"nope\.jsonl does not exist"):
+        load_task("gsm8k", "test", tmp_path / "nope.jsonl")
+    with pytest.raises(DataError, match=r"has no .*test\.jsonl"):
+        load_task("gsm8k", "test", tmp_path)
+    bad = _write(tmp_path / "test.jsonl", ["{not json"])
+    with pytest.raises(DataError, match="No usable rows"):
+        load_task("gsm8k", "test", bad, on_error="skip")
+    _write(tmp_path / "empty.jsonl", [""])
+    with pytest.raises(DataError, match="No usable rows"):
+        load_task("gsm8k", "test", tmp_path / "empty.jsonl")
+
+
+def test_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"Unknown task 'gsm9k'; known tasks: arith, gsm8k"):
+        load_task("gsm9k", "train")
+    with pytest.raises(ConfigError, match=r"Unknown split 'dev' for task 'gsm8k'; known splits"):
+        load_task("gsm8k", "dev")
+    with pytest.raises(ConfigError, match="on_error"):
+        load_task("gsm8k", "train", tmp_path, on_error="ignore")
+    with pytest.raises(ConfigError, match="limit"):
+        load_task("gsm8k", "train", tmp_path, limit=0)
+    with pytest.raises(ConfigError, match="has no hub source; pass path="):
+        load_task("lsat", "train")
+
+
+def test_hub_rows_use_the_same_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub path (no network here): rows from load_dataset become Records, failures explain."""
+    datasets = pytest.importorskip("datasets")
+    calls = []
+    hub_row = {
+        "query": "Q: P. Q? Answer Choices: (A)x (B)y",
+        "choices": ["(A)x", "(B)y"],
+        "gold": [1],
+    }
+
+    def fake_load_dataset(path: str, config: str | None, split: str) -> list[dict]:
+        calls.append((path, config, split))
+        return [hub_row, {"query": "Q: broken", "choices": ["(A)x", "(B)y"], "gold": [7]}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    with pytest.raises(DataError, match=r"hails/agieval-lsat-ar\[test\] row 1: field 'gold'"):
+        load_task("lsat", "test")
+    records = load_task("lsat", "test", on_error="skip")
+    assert calls[0] == ("hails/agieval-lsat-ar", None, "test")
+    assert [(r.question, r.answer, r.choices) for r in records] == [("P. Q?", "B", ("x", "y"))]
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match=r"openai/gsm8k split 'train' .*pass path="):
+        load_task("gsm8k", "train")
