@@ -55,19 +55,36 @@ def build_stage(cfg: DictConfig, lm: LatentLM):
 def final_comparison(cfg: DictConfig, lm: LatentLM, run_dir: Path) -> list[dict]:
     """Accuracy and tokens of each mode on the same held-out questions."""
     records = load_split(
-        cfg.data.task, split_config(cfg.data.test, "test"), cfg.data.on_error,
+        cfg.data.task,
+        split_config(cfg.data.test, "test"),
+        cfg.data.on_error,
         dict(cfg.data.get("options") or {}),
     )
     prompt = PromptConfig(**dict(cfg.data.prompt))
     decode = DecodeConfig(max_answer_tokens=cfg.final_eval.max_answer_tokens)
     rows = []
     for mode in cfg.final_eval.modes:
-        preds = predict(lm, cfg.data.task, records, prompt, mode, decode,
-                        batch_size=cfg.final_eval.batch_size, seed=cfg.seed)
-        rows.append({"mode": mode, "questions": len(preds), "accuracy": accuracy(preds),
-                     "mean_tokens": mean_tokens(preds)})
-    print_table(f"held-out {cfg.data.task} ({cfg.data.test.split})", rows,
-                path=run_dir / "final_eval.md")
+        preds = predict(
+            lm,
+            cfg.data.task,
+            records,
+            prompt,
+            mode,
+            decode,
+            batch_size=cfg.final_eval.batch_size,
+            seed=cfg.seed,
+        )
+        rows.append(
+            {
+                "mode": mode,
+                "questions": len(preds),
+                "accuracy": accuracy(preds),
+                "mean_tokens": mean_tokens(preds),
+            }
+        )
+    print_table(
+        f"held-out {cfg.data.task} ({cfg.data.test.split})", rows, path=run_dir / "final_eval.md"
+    )
     return rows
 
 
@@ -80,15 +97,27 @@ def train(cfg: DictConfig) -> Path:
     init = cfg.get("init_from")
     reasoner = load_reasoner(init, backbone) if init else new_reasoner(cfg, backbone)
     lm = LatentLM(backbone, reasoner)
-    data = LRTDataModule(cfg.data, backbone.tokenizer, backbone.config.system_prompt,
-                         cfg.stage.batch_size, seed=cfg.seed)
+    data = LRTDataModule(
+        cfg.data,
+        backbone.tokenizer,
+        backbone.config.system_prompt,
+        cfg.stage.batch_size,
+        seed=cfg.seed,
+    )
     module = build_stage(cfg, lm)
     ckpt_dir = run_dir / "checkpoints"
     callbacks = [
-        ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.stage.checkpoint_every_n_steps,
-                        save_last=True, save_top_k=0),
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            every_n_train_steps=cfg.stage.checkpoint_every_n_steps,
+            save_last=True,
+            save_top_k=0,
+        ),
         ReasonerExport(run_dir / "reasoner"),
     ]
+    trainer_kwargs = dict(cfg.trainer)
+    if not module.automatic_optimization:  # the module clips its own gradients
+        trainer_kwargs.pop("gradient_clip_val", None)
     trainer = L.Trainer(
         max_steps=cfg.stage.max_steps,
         val_check_interval=cfg.stage.val_every_n_steps,
@@ -96,7 +125,7 @@ def train(cfg: DictConfig) -> Path:
         logger=build_loggers(cfg.get("logger"), str(run_dir)),
         callbacks=callbacks,
         default_root_dir=str(run_dir),
-        **cfg.trainer,
+        **trainer_kwargs,
     )
     resume = cfg.get("ckpt_path") or (
         str(ckpt_dir / "last.ckpt") if (ckpt_dir / "last.ckpt").exists() else None

@@ -120,6 +120,11 @@ class LRTDataModule(L.LightningDataModule):
         log.info("%s: %d train and %d validation records", self.task, len(train), len(val))
 
     @property
+    def train_records(self) -> list[Record]:
+        assert self.train_set is not None, "call setup() first"
+        return self.train_set.records
+
+    @property
     def val_records(self) -> list[Record]:
         assert self.val_set is not None, "call setup() first"
         return self.val_set.records

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 
 from lrt.errors import CheckpointError, NonFiniteLossError
+from lrt.grading import grade
 from lrt.latent_lm import LatentLM
 
 BASE_PREFIX = "lm.base."
@@ -21,14 +22,33 @@ class StageModule(L.LightningModule):
     config, and a checkpoint records which base it belongs to.
     """
 
-    def __init__(self, lm: LatentLM) -> None:
+    def __init__(self, lm: LatentLM, task: str, val_max_answer_tokens: int = 16) -> None:
         super().__init__()
         self.lm = lm
+        self.task = task
+        self.val_max_answer_tokens = val_max_answer_tokens
+        self._val_correct: list[bool] = []
 
     @property
     def reasoner(self) -> torch.nn.Module:
         assert self.lm.reasoner is not None
         return self.lm.reasoner
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_correct = []
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Greedy `lrt` answers on the fixed validation slice, graded by the task's grader."""
+        prefix = self.lm.encode(batch["input_ids"], batch["attention_mask"])
+        gen = self.lm.generate(prefix, "lrt", max_answer_tokens=self.val_max_answer_tokens)
+        records = self.trainer.datamodule.val_records
+        for i, text in zip(batch["index"].tolist(), gen.texts, strict=True):
+            self._val_correct.append(grade(self.task, text, records[i]))
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_correct:
+            acc = sum(self._val_correct) / len(self._val_correct)
+            self.log("val/accuracy", acc, prog_bar=True)
 
     def check_finite(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
