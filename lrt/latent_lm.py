@@ -143,9 +143,17 @@ class LatentLM(nn.Module):
         return torch.cat([*parts, close_e], dim=1)
 
     def _forward_suffix(
-        self, prefix: Prefix, embeds: torch.Tensor, suffix_mask: torch.Tensor
+        self,
+        prefix: Prefix,
+        embeds: torch.Tensor,
+        suffix_mask: torch.Tensor,
+        logits_to_keep: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the base over `embeds` on top of the prefix cache (which it extends)."""
+        """Run the base over `embeds` on top of the prefix cache (which it extends).
+
+        `logits_to_keep` > 0 computes the LM head on the last positions only: over a 49k-token
+        vocabulary the head costs as much as several layers, and only answer positions need it.
+        """
         mask = torch.cat([prefix.mask, suffix_mask], dim=1)
         out = self.base(
             inputs_embeds=embeds,
@@ -153,6 +161,7 @@ class LatentLM(nn.Module):
             position_ids=_positions(mask, prefix.mask.shape[1]),
             past_key_values=prefix.cache,
             use_cache=True,
+            logits_to_keep=logits_to_keep,
         )
         return out.logits, mask
 
@@ -174,11 +183,11 @@ class LatentLM(nn.Module):
         think = self.thinking_embeds(latents, b)
         embeds = torch.cat([think, self.backbone.embed(answer_ids)], dim=1)
         suffix_mask = torch.cat([answer_mask.new_ones(b, think.shape[1]), answer_mask], dim=1)
-        logits, _ = self._forward_suffix(prefix, embeds, suffix_mask)
-        # The token at suffix position t is predicted by position t-1; the first answer token
-        # by the last position of the close marker.
-        start = think.shape[1] - 1
-        pred = logits[:, start : start + answer_ids.shape[1]].float()
+        m = answer_ids.shape[1]
+        # The answer token at suffix position t is predicted at position t-1, the first one by
+        # the close marker's last position: keep the last m+1 positions and drop the final one.
+        logits, _ = self._forward_suffix(prefix, embeds, suffix_mask, logits_to_keep=m + 1)
+        pred = logits[:, :m].float()
         logp = torch.log_softmax(pred, dim=-1).gather(-1, answer_ids.unsqueeze(-1)).squeeze(-1)
         return logp * answer_mask
 
@@ -226,7 +235,9 @@ class LatentLM(nn.Module):
             embeds = self.thinking_embeds(None, b)
         else:
             embeds = self.backbone.embed(self.open_ids).unsqueeze(0).expand(b, -1, -1)
-        logits, mask = self._forward_suffix(work, embeds, prefix.mask.new_ones(b, embeds.shape[1]))
+        logits, mask = self._forward_suffix(
+            work, embeds, prefix.mask.new_ones(b, embeds.shape[1]), logits_to_keep=1
+        )
         decoder = _Decoder(self, b, mode == "cot", budget, max_answer_tokens, force_answer)
         return decoder.run(work.cache, mask, logits[:, -1].float(), temperature, top_p, generator)
 
