@@ -1,18 +1,55 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures: the shared data folder, a tiny random base and composed configs."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from lrt.backbone import Backbone, backbone_config, load_backbone
+from lrt.latent_lm import LatentLM
+from lrt.reasoner import build_reasoner
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The shared benchmark data (override with LRT_DATA_DIR)."""
-    default = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+    """The shared benchmark data (override with LRT_DATA_DIR); its absence is a failure."""
+    default = ROOT / ".." / "shared" / "data"
     path = Path(os.environ.get("LRT_DATA_DIR", default))
-    if not path.is_dir():
-        pytest.skip(f"shared data folder {path} not found (set LRT_DATA_DIR)")
+    assert path.is_dir(), f"shared data folder {path} not found (set LRT_DATA_DIR)"
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone() -> Backbone:
+    return load_backbone(backbone_config(OmegaConf.load(CONF / "model" / "tiny_random.yaml")))
+
+
+@pytest.fixture
+def tiny_lm(tiny_backbone: Backbone) -> LatentLM:
+    """A fresh reasoner (K=4, width 32) on the shared tiny base."""
+    reasoner = build_reasoner(
+        {"num_latents": 4, "width": 32, "depth": 2, "heads": 4},
+        tiny_backbone.name,
+        tiny_backbone.hidden_size,
+        tiny_backbone.embedding_rms(),
+    )
+    return LatentLM(tiny_backbone, reasoner)
+
+
+@pytest.fixture
+def compose_train() -> Callable[..., DictConfig]:
+    """Compose `conf/train.yaml` with overrides, without loading any model."""
+
+    def _compose(*overrides: str, config_name: str = "train") -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(config_name=config_name, overrides=list(overrides))
+
+    return _compose

@@ -1,0 +1,89 @@
+"""Composition of base and reasoner: gradients, cached-prefix exactness, padding invariance."""
+
+from __future__ import annotations
+
+import torch
+
+from lrt.latent_lm import LatentLM
+
+PROMPTS = [
+    "<|im_start|>user\nStart with 4. Add 13.<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nWhat is 7?<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nStart with 12. Multiply by 3. Add 1. Result?<|im_end|>\n"
+    "<|im_start|>assistant\n",
+]
+ANSWERS = ["The answer is 17.", "7", "The answer is 37."]
+
+
+def test_gradients_reach_reasoner_only(tiny_lm: LatentLM) -> None:
+    ids, mask = tiny_lm.tokenize_prompts(PROMPTS)
+    loss = tiny_lm.sft_loss(ids, mask, *tiny_lm.tokenize_answers(ANSWERS))
+    loss.backward()
+    assert all(p.grad is None for p in tiny_lm.base.parameters())
+    for name, p in tiny_lm.reasoner.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_cached_prefix_loss_equals_full_sequence_pass(tiny_lm: LatentLM) -> None:
+    """NLL on top of the prompt cache == one pass over [prompt, markers, Z, answer]."""
+    for prompt, answer in zip(PROMPTS, ANSWERS, strict=True):
+        ids, mask = tiny_lm.tokenize_prompts([prompt])
+        ans, ans_mask = tiny_lm.tokenize_answers([answer])
+        cached = tiny_lm.sft_loss(ids, mask, ans, ans_mask)
+
+        prefix = tiny_lm.encode(ids, mask)
+        z = tiny_lm.reason(prefix)
+        embeds = torch.cat(
+            [
+                tiny_lm.backbone.embed(ids),
+                tiny_lm.thinking_embeds(z, 1),
+                tiny_lm.backbone.embed(ans),
+            ],
+            dim=1,
+        )
+        logits = tiny_lm.base(inputs_embeds=embeds).logits
+        first = embeds.shape[1] - ans.shape[1] - 1
+        pred = logits[:, first : first + ans.shape[1]]
+        full = torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), ans.reshape(-1))
+        torch.testing.assert_close(cached, full, atol=1e-5, rtol=0)
+
+
+def test_padding_never_changes_a_row(tiny_lm: LatentLM) -> None:
+    ids, mask = tiny_lm.tokenize_prompts(PROMPTS)
+    assert (mask == 0).any(), "the batch must actually be padded"
+    ans, ans_mask = tiny_lm.tokenize_answers(ANSWERS)
+    prefix = tiny_lm.encode(ids, mask)
+    batch_logp = tiny_lm.answer_logprobs(prefix.fork(), tiny_lm.reason(prefix), ans, ans_mask)
+    batch_gen = tiny_lm.generate(prefix, "lrt", max_answer_tokens=6)
+    for i, (prompt, answer) in enumerate(zip(PROMPTS, ANSWERS, strict=True)):
+        one_prefix = tiny_lm.encode(*tiny_lm.tokenize_prompts([prompt]))
+        one_ans, one_mask = tiny_lm.tokenize_answers([answer])
+        alone = tiny_lm.answer_logprobs(
+            one_prefix.fork(), tiny_lm.reason(one_prefix), one_ans, one_mask
+        )
+        torch.testing.assert_close(
+            batch_logp[i, : one_ans.shape[1]].sum(), alone.sum(), atol=1e-5, rtol=0
+        )
+        assert (
+            tiny_lm.generate(one_prefix, "lrt", max_answer_tokens=6).token_ids[0]
+            == (batch_gen.token_ids[i])
+        )
+
+
+def test_generate_leaves_prefix_reusable(tiny_lm: LatentLM) -> None:
+    prefix = tiny_lm.encode(*tiny_lm.tokenize_prompts(PROMPTS))
+    length = prefix.cache.get_seq_length()
+    first = tiny_lm.generate(prefix, "lrt", max_answer_tokens=5)
+    assert prefix.cache.get_seq_length() == length
+    assert tiny_lm.generate(prefix, "lrt", max_answer_tokens=5).token_ids == first.token_ids
+
+
+def test_nothink_and_lrt_differ_only_by_latents(tiny_lm: LatentLM) -> None:
+    prefix = tiny_lm.encode(*tiny_lm.tokenize_prompts(PROMPTS[:1]))
+    k = tiny_lm.reasoner.num_latents
+    span = tiny_lm.thinking_embeds(tiny_lm.reason(prefix), 1)
+    empty = tiny_lm.thinking_embeds(None, 1)
+    assert span.shape[1] == empty.shape[1] + k
+    n_open = tiny_lm.open_ids.numel()
+    torch.testing.assert_close(span[:, :n_open], empty[:, :n_open])
+    torch.testing.assert_close(span[:, n_open + k :], empty[:, n_open:])

@@ -1,0 +1,124 @@
+"""train.py end to end on the tiny model, and config errors raised before any model loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+
+from lrt.config import validate_train
+from lrt.errors import ConfigError
+from lrt.reasoner import Reasoner, ReasonerConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "model=tiny_random",
+    "reasoner.width=32",
+    "reasoner.num_latents=4",
+    "stage.batch_size=4",
+    "stage.val_every_n_steps=3",
+    "stage.checkpoint_every_n_steps=1",
+    "data.val.limit=4",
+    "data.test.limit=4",
+    "final_eval.max_answer_tokens=4",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def run_train(*overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "train.py", *overrides], cwd=ROOT, capture_output=True, text=True
+    )
+
+
+@pytest.mark.slow
+def test_three_steps_write_checkpoint_and_reasoner(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_train(*TINY, "stage.max_steps=3", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    final = Reasoner.from_pretrained(run_dir / "reasoner" / "final", "tiny-random-qwen3", 64)
+    assert final.num_latents == 4
+    assert (run_dir / "reasoner" / "best" / "model.safetensors").is_file()
+    assert "lrt" in (run_dir / "final_eval.md").read_text()
+    assert (run_dir / "logs" / "metrics.csv").read_text().startswith("epoch,step")
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 3
+    assert not any(k.startswith("lm.base.") for k in ckpt["state_dict"]), "base weights saved"
+
+    # Same command, more steps: resumes from last.ckpt in the run folder.
+    result = run_train(*TINY, "stage.max_steps=5", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stderr
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 5
+
+    # A checkpoint written for another base model is refused with a one-line message.
+    result = run_train(
+        *TINY,
+        "stage.max_steps=6",
+        f"hydra.run.dir={tmp_path / 'other'}",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        "model.name=another-base",
+    )
+    assert result.returncode != 0
+    assert "checkpoint was trained for base model 'tiny-random-qwen3', not 'another-base'" in (
+        result.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("reasoner.num_latents=0", "reasoner.num_latents=0 must be a positive integer"),
+        ("data.task=sudoku", "data.task='sudoku' is not a known task"),
+        (
+            "data.train.path=/no/such/file.jsonl",
+            "data.train.path=/no/such/file.jsonl does not exist",
+        ),
+        ("init_from=/no/such/reasoner", "init_from=/no/such/reasoner does not exist"),
+        ("stage.max_steps=0", "stage.max_steps=0 must be positive"),
+        ("model.source=ollama", "model.source='ollama' is not one of"),
+        ("data.prompt.target=trace", "data.prompt.target='trace' is not one of"),
+    ],
+)
+def test_invalid_values_fail_before_loading(compose_train, override: str, message: str) -> None:
+    cfg = compose_train(override)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate_train(cfg)
+
+
+def test_unknown_group_option_is_named(compose_train) -> None:
+    with pytest.raises(ConfigCompositionException, match="Could not find 'model/gpt5'"):
+        compose_train("model=gpt5")
+
+
+def test_every_shipped_config_composes(compose_train) -> None:
+    for group, options in {
+        "model": [p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")],
+        "data": [p.stem for p in (ROOT / "conf" / "data").glob("*.yaml")],
+    }.items():
+        for option in options:
+            validate_train(compose_train(f"{group}={option}"))
+
+
+def test_cli_error_is_one_line() -> None:
+    result = run_train("model=tiny_random", "reasoner.num_latents=-3")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: reasoner.num_latents=-3 must be a positive integer"
+    )
+
+
+def test_loading_init_from_for_another_base_fails(tmp_path: Path) -> None:
+    config = ReasonerConfig(
+        num_latents=2, width=8, heads=2, base_model="other", base_hidden_size=64
+    )
+    Reasoner(config).save_pretrained(tmp_path / "r")
+    result = run_train("model=tiny_random", f"init_from={tmp_path / 'r'}", "stage.max_steps=1")
+    assert result.returncode != 0
+    assert "was trained for base model 'other', not 'tiny-random-qwen3'" in result.stderr
