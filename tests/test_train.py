@@ -122,3 +122,21 @@ def test_loading_init_from_for_another_base_fails(tmp_path: Path) -> None:
     result = run_train("model=tiny_random", f"init_from={tmp_path / 'r'}", "stage.max_steps=1")
     assert result.returncode != 0
     assert "was trained for base model 'other', not 'tiny-random-qwen3'" in result.stderr
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    """3 steps, then resume to 6, gives the same reasoner as 6 uninterrupted steps.
+
+    The default 20-step warm-up spans both runs, so their learning-rate schedules agree even
+    though the first part was launched with max_steps=3.
+    """
+    common = [*TINY, "final_eval.enabled=false", "stage.val_every_n_steps=100"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_train(*common, "stage.max_steps=6", f"hydra.run.dir={straight}").returncode == 0
+    assert run_train(*common, "stage.max_steps=3", f"hydra.run.dir={resumed}").returncode == 0
+    assert run_train(*common, "stage.max_steps=6", f"hydra.run.dir={resumed}").returncode == 0
+    a = Reasoner.from_pretrained(straight / "reasoner" / "final").state_dict()
+    b = Reasoner.from_pretrained(resumed / "reasoner" / "final").state_dict()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0)

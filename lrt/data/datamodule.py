@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from lrt.data.collate import pad_answers, pad_prompts
 from lrt.data.prompts import PromptConfig, format_prompt, format_target
 from lrt.data.records import Record
 from lrt.data.tasks import load_task
-from lrt.errors import ConfigError
+from lrt.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,41 @@ class Collator:
         }
 
 
+class StepBatchSampler(Sampler[list[int]]):
+    """Training batches as a pure function of (seed, step): exact resume needs no sampler state.
+
+    Batch `s` is slice `s` of an endless stream made of one seeded permutation per pass over
+    the data, so a run restarted at step `start` draws exactly the batches an uninterrupted
+    run would have drawn from there on.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int) -> None:
+        if n <= 0:
+            raise DataError("the training split is empty after filtering")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start, self.stop = start, stop
+
+    def batch(self, step: int) -> list[int]:
+        out: list[int] = []
+        position = step * self.batch_size
+        while len(out) < self.batch_size:
+            epoch, offset = divmod(position, self.n)
+            perm = torch.randperm(
+                self.n, generator=torch.Generator().manual_seed(self.seed + epoch)
+            )
+            take = min(self.batch_size - len(out), self.n - offset)
+            out += perm[offset : offset + take].tolist()
+            position += take
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.stop):
+            yield self.batch(step)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
 class LRTDataModule(L.LightningDataModule):
     """Train and validation splits of one task, formatted for the base model's chat template."""
 
@@ -130,15 +165,18 @@ class LRTDataModule(L.LightningDataModule):
         return self.val_set.records
 
     def train_dataloader(self) -> DataLoader:
+        """Batches from the current step to `max_steps` (the step is restored on resume)."""
         assert self.train_set is not None
-        generator = torch.Generator().manual_seed(self.seed)
+        module = self.trainer.lightning_module
+        sampler = StepBatchSampler(
+            len(self.train_set),
+            self.batch_size,
+            self.seed,
+            module.batches_done(),
+            module.total_batches(),
+        )
         return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=len(self.train_set) >= self.batch_size,
-            generator=generator,
-            collate_fn=Collator(self.tokenizer),
+            self.train_set, batch_sampler=sampler, collate_fn=Collator(self.tokenizer)
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -34,6 +34,14 @@ class StageModule(L.LightningModule):
         assert self.lm.reasoner is not None
         return self.lm.reasoner
 
+    def batches_done(self) -> int:
+        """Training batches consumed so far (restored on resume); picks the next batch."""
+        return self.global_step
+
+    def total_batches(self) -> int:
+        """Training batches in the whole run."""
+        return self.trainer.max_steps
+
     def on_validation_epoch_start(self) -> None:
         self._val_correct = []
 
