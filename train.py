@@ -52,6 +52,23 @@ def build_stage(cfg: DictConfig, lm: LatentLM):
     return GRPOModule.from_config(lm, cfg, optim)
 
 
+def trainer_arguments(cfg: DictConfig, module, lm: LatentLM) -> dict:
+    """Trainer kwargs from `conf/trainer`, with the FSDP strategy built for this model."""
+    kwargs = dict(cfg.trainer)
+    if not module.automatic_optimization:  # the module clips its own gradients
+        kwargs.pop("gradient_clip_val", None)
+    if kwargs.get("strategy") == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        from lrt.reasoner import ReasonerBlock
+
+        layer = type(lm.base.get_decoder().layers[0])
+        kwargs["strategy"] = FSDPStrategy(
+            auto_wrap_policy={layer, ReasonerBlock}, use_orig_params=True
+        )
+    return kwargs
+
+
 def final_comparison(cfg: DictConfig, lm: LatentLM, run_dir: Path) -> list[dict]:
     """Accuracy and tokens of each mode on the same held-out questions."""
     records = load_split(
@@ -115,9 +132,7 @@ def train(cfg: DictConfig) -> Path:
         ),
         ReasonerExport(run_dir / "reasoner"),
     ]
-    trainer_kwargs = dict(cfg.trainer)
-    if not module.automatic_optimization:  # the module clips its own gradients
-        trainer_kwargs.pop("gradient_clip_val", None)
+    trainer_kwargs = trainer_arguments(cfg, module, lm)
     trainer = L.Trainer(
         max_steps=cfg.stage.max_steps,
         val_check_interval=cfg.stage.val_every_n_steps,
