@@ -27,7 +27,7 @@ from lrt.evaluation import DecodeConfig, accuracy, mean_tokens, predict
 from lrt.latent_lm import LatentLM
 from lrt.loggers import build_loggers
 from lrt.report import print_table
-from lrt.training.callbacks import ReasonerExport
+from lrt.training.callbacks import RankConsistencyCheck, ReasonerExport
 from lrt.training.optim import OptimConfig
 from lrt.training.sft import SFTModule
 
@@ -54,7 +54,8 @@ def build_stage(cfg: DictConfig, lm: LatentLM):
 
 def trainer_arguments(cfg: DictConfig, module, lm: LatentLM) -> dict:
     """Trainer kwargs from `conf/trainer`, with the FSDP strategy built for this model."""
-    kwargs = dict(cfg.trainer)
+    # The DataModule's batch sampler splits every step across ranks itself.
+    kwargs = {**cfg.trainer, "use_distributed_sampler": False}
     if not module.automatic_optimization:  # the module clips its own gradients
         kwargs.pop("gradient_clip_val", None)
     if kwargs.get("strategy") == "fsdp":
@@ -131,11 +132,13 @@ def train(cfg: DictConfig) -> Path:
             save_top_k=0,
         ),
         ReasonerExport(run_dir / "reasoner"),
+        RankConsistencyCheck(),
     ]
     trainer_kwargs = trainer_arguments(cfg, module, lm)
     trainer = L.Trainer(
         max_steps=cfg.stage.max_steps,
-        val_check_interval=cfg.stage.val_every_n_steps,
+        # Lightning counts validation intervals in batches; GRPO takes num_iterations steps each.
+        val_check_interval=cfg.stage.val_every_n_steps // cfg.stage.get("num_iterations", 1),
         check_val_every_n_epoch=None,
         logger=build_loggers(cfg.get("logger"), str(run_dir)),
         callbacks=callbacks,

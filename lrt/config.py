@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lrt.backbone import backbone_config
 from lrt.data.prompts import PromptConfig
@@ -48,3 +48,7 @@ def validate_train(cfg: DictConfig) -> None:
         raise ConfigError(f"stage.max_steps={cfg.stage.max_steps} must be positive")
     if cfg.stage.batch_size <= 0:
         raise ConfigError(f"stage.batch_size={cfg.stage.batch_size} must be positive")
+    if cfg.stage.name == "grpo":
+        from lrt.training.grpo import grpo_settings
+
+        grpo_settings(OmegaConf.to_container(cfg.stage, resolve=True))

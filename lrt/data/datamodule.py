@@ -93,11 +93,21 @@ class StepBatchSampler(Sampler[list[int]]):
     run would have drawn from there on.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int) -> None:
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        start: int,
+        stop: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if n <= 0:
             raise DataError("the training split is empty after filtering")
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.start, self.stop = start, stop
+        self.rank, self.world_size = rank, world_size
 
     def batch(self, step: int) -> list[int]:
         out: list[int] = []
@@ -113,8 +123,9 @@ class StepBatchSampler(Sampler[list[int]]):
         return out
 
     def __iter__(self) -> Iterator[list[int]]:
+        # Under data parallelism each rank takes its own slot of every global step.
         for step in range(self.start, self.stop):
-            yield self.batch(step)
+            yield self.batch(step * self.world_size + self.rank)
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)

@@ -1,0 +1,392 @@
+"""GRPO stage over Gaussian latents (DESIGN.md section 1): noise on Z, greedy answers, rewards.
+
+Per batch of B questions: encode each prompt once, take the reasoner's means `mu`, draw G latent
+samples per question `Z = mu + sigma * eps`, decode all B*G answers in one batched call on the
+prompt cache expanded G times, grade them, and take `num_iterations` clipped-ratio optimiser
+steps on the same rollouts. The frozen base only runs forward, so no gradient passes through it.
+
+Step counting: `stage.max_steps` counts optimiser steps, which is what Lightning's
+`global_step` counts under manual optimisation and what TRL's `max_steps` means; a run therefore
+draws `max_steps / num_iterations` batches of rollouts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from lrt.data.records import Record
+from lrt.errors import CheckpointError, ConfigError
+from lrt.grading import extract, grade
+from lrt.latent_lm import Generation, LatentLM, Prefix
+from lrt.training.base import StageModule
+from lrt.training.grpo_loss import (
+    check_loss_type,
+    gaussian_kl,
+    gaussian_logprob,
+    group_advantages,
+    policy_loss,
+    zero_std_groups,
+)
+from lrt.training.optim import OptimConfig, configure
+
+STAGE_KEYS = frozenset(
+    {
+        "name",
+        "max_steps",
+        "batch_size",
+        "optim",
+        "val_every_n_steps",
+        "val_max_answer_tokens",
+        "checkpoint_every_n_steps",
+    }
+)
+"""Keys of the `stage` group that train.py reads itself; the rest configure GRPO."""
+
+SAMPLE_ROWS = 8
+NOISE_STATE_KEY = "grpo_noise_rng"
+
+
+@dataclass
+class GRPOConfig:
+    """The GRPO-specific keys of `conf/stage/grpo.yaml` (meanings in that file)."""
+
+    num_generations: int = 8
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_answer_tokens: int = 8
+    sigma_scale: float = 0.3
+    learn_sigma: bool = False
+    sigma_min: float = 0.05
+    sigma_max: float = 1.0
+    scale_rewards: bool = True
+    loss_type: str = "grpo"
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.2
+    num_iterations: int = 1
+    beta: float = 0.0
+    format_reward: float = 0.0
+    max_grad_norm: float | None = 1.0
+    log_samples_every_n_steps: int = 10
+
+    def __post_init__(self) -> None:
+        check_loss_type(self.loss_type)
+        checks = [
+            ("num_generations", self.num_generations >= 2, "must be at least 2"),
+            ("temperature", self.temperature >= 0, "must be >= 0 (0 = greedy)"),
+            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("max_answer_tokens", self.max_answer_tokens >= 1, "must be positive"),
+            ("sigma_scale", self.sigma_scale > 0, "must be positive"),
+            ("epsilon_low", 0 <= self.epsilon_low < 1, "must be in [0, 1)"),
+            ("epsilon_high", self.epsilon_high >= 0, "must be >= 0"),
+            ("num_iterations", self.num_iterations >= 1, "must be at least 1"),
+            ("beta", self.beta >= 0, "must be >= 0"),
+            ("max_grad_norm", self.max_grad_norm is None or self.max_grad_norm > 0,
+             "must be positive or null"),
+            ("log_samples_every_n_steps", self.log_samples_every_n_steps >= 0,
+             "must be >= 0 (0 = never)"),
+        ]  # fmt: skip
+        if self.learn_sigma:
+            checks.append(
+                (
+                    "sigma_min",
+                    0 < self.sigma_min <= self.sigma_scale <= self.sigma_max,
+                    f"must satisfy 0 < sigma_min <= sigma_scale={self.sigma_scale} <= "
+                    f"sigma_max={self.sigma_max}",
+                )
+            )
+        for key, ok, why in checks:
+            if not ok:
+                raise ConfigError(f"stage.{key}={getattr(self, key)} {why}")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> GRPOConfig:
+        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown key 'stage.{unknown[0]}'")
+        return cls(**raw)
+
+
+def grpo_settings(stage: Mapping[str, Any]) -> GRPOConfig:
+    """The GRPO settings of a `stage` config, checked; needs no model, so it can run first."""
+    settings = GRPOConfig.from_dict({k: v for k, v in stage.items() if k not in STAGE_KEYS})
+    # Each batch advances global_step by num_iterations; Lightning stops, checkpoints and
+    # validates on batch boundaries, so these step counts must fall on them.
+    for key in ("max_steps", "checkpoint_every_n_steps", "val_every_n_steps"):
+        if stage[key] % settings.num_iterations:
+            raise ConfigError(
+                f"stage.{key}={stage[key]} must be a multiple of "
+                f"stage.num_iterations={settings.num_iterations}"
+            )
+    return settings
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled latents, their decoded answers and rewards; nothing needs grad."""
+
+    prefix: Prefix
+    """The B encoded prompts; later passes rerun only the reasoner on `prefix.hidden`."""
+    latents: torch.Tensor
+    """Sampled Z, [B*G, K, d] float32, the G samples of a question consecutive."""
+    old_logp: torch.Tensor
+    """log N(Z; mu, sigma^2) per latent token under the sampling policy, [B*G, K]."""
+    rewards: torch.Tensor
+    correct: torch.Tensor
+    advantages: torch.Tensor
+    zero_std: torch.Tensor
+    """Groups whose rewards are all equal, [B]: they carry no learning signal."""
+    generation: Generation
+    records: list[Record]
+    """One per sample (each question's record repeated G times)."""
+
+
+class GRPOModule(StageModule):
+    """Trains the reasoner's means (and optionally sigma) with group-relative policy gradients."""
+
+    def __init__(
+        self,
+        lm: LatentLM,
+        task: str,
+        optim: OptimConfig,
+        settings: GRPOConfig,
+        max_steps: int,
+        seed: int = 0,
+        val_max_answer_tokens: int = 16,
+    ) -> None:
+        super().__init__(lm, task, val_max_answer_tokens)
+        self.automatic_optimization = False
+        self.optim = optim
+        self.settings = settings
+        self.max_steps = max_steps
+        self.embed_rms = lm.backbone.embedding_rms()
+        self.sigma_init = settings.sigma_scale * self.embed_rms
+        # log(sigma / sigma_init): weight decay then pulls sigma back to its start, not to 1.
+        self.log_sigma = nn.Parameter(torch.zeros(())) if settings.learn_sigma else None
+        # Only the reasoner is copied (the base is shared); its weights go into checkpoints so a
+        # resumed run keeps the KL anchored to the starting point, not to the resumed weights.
+        # It follows the module's train/eval mode, like the policy it is compared with.
+        self.ref_reasoner = (
+            copy.deepcopy(self.reasoner).requires_grad_(False) if settings.beta > 0 else None
+        )
+        # CPU generator: the same noise on any device, and its state fits in a checkpoint.
+        self.noise = torch.Generator().manual_seed(seed)
+
+    @classmethod
+    def from_config(cls, lm: LatentLM, cfg: DictConfig, optim: OptimConfig) -> GRPOModule:
+        """Build from the composed train config (`cfg.stage` is `conf/stage/grpo.yaml`)."""
+        stage = OmegaConf.to_container(cfg.stage, resolve=True)
+        return cls(
+            lm,
+            cfg.data.task,
+            optim,
+            grpo_settings(stage),
+            max_steps=stage["max_steps"],
+            seed=cfg.seed,
+            val_max_answer_tokens=stage["val_max_answer_tokens"],
+        )
+
+    # --- the policy --------------------------------------------------------------------------
+
+    def _log_sigma_bounds(self) -> tuple[float, float]:
+        s = self.settings
+        return math.log(s.sigma_min / s.sigma_scale), math.log(s.sigma_max / s.sigma_scale)
+
+    def sigma(self) -> torch.Tensor:
+        """The latent noise scale: fixed, or learned and clamped to its configured range."""
+        if self.log_sigma is None:
+            return torch.tensor(self.sigma_init, device=self.lm.device)
+        return self.sigma_init * self.log_sigma.clamp(*self._log_sigma_bounds()).exp()
+
+    def _project_sigma(self) -> None:
+        """Keep the parameter itself in range, so it never drifts where its gradient is zero."""
+        if self.log_sigma is not None:
+            with torch.no_grad():
+                self.log_sigma.clamp_(*self._log_sigma_bounds())
+
+    def _means(self, reasoner: nn.Module, prefix: Prefix) -> torch.Tensor:
+        """mu [B, K, d] in float32, rounded to the base's dtype exactly as decoding sees it."""
+        return reasoner(prefix.hidden, prefix.mask).to(self.lm.base.dtype).float()
+
+    # --- rollouts ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def rollout(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, records: list[Record]
+    ) -> Rollout:
+        """Sample G latents per question and decode all B*G answers in one batched call."""
+        s = self.settings
+        g = s.num_generations
+        prefix = self.lm.encode(input_ids, attention_mask)
+        mu = self._means(self.reasoner, prefix).repeat_interleave(g, dim=0)
+        sigma = self.sigma().detach()
+        eps = torch.randn(mu.shape, generator=self.noise).to(mu.device)
+        z = mu + sigma * eps
+        gen = self.lm.generate(
+            prefix.fork(g),
+            "lrt",
+            latents=z.to(self.lm.base.dtype),
+            max_answer_tokens=s.max_answer_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            generator=self.noise,
+        )
+        rows = [r for r in records for _ in range(g)]
+        correct = torch.tensor(
+            [grade(self.task, t, r) for t, r in zip(gen.texts, rows, strict=True)]
+        )
+        rewards = correct.float()
+        if s.format_reward:
+            answered = torch.tensor([extract(self.task, t) is not None for t in gen.texts])
+            rewards = rewards + s.format_reward * answered.float()
+        return Rollout(
+            prefix=prefix,
+            latents=z,
+            old_logp=gaussian_logprob(z, mu, sigma),
+            rewards=rewards,
+            correct=correct,
+            advantages=group_advantages(rewards, g, s.scale_rewards).to(mu.device),
+            zero_std=zero_std_groups(rewards, g),
+            generation=gen,
+            records=rows,
+        )
+
+    # --- the objective -----------------------------------------------------------------------
+
+    def loss(self, rollout: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Clipped-ratio loss of the current policy on `rollout`, plus `beta` times the KL."""
+        s = self.settings
+        g = s.num_generations
+        mu = self._means(self.reasoner, rollout.prefix)
+        sigma = self.sigma()
+        logp = gaussian_logprob(rollout.latents, mu.repeat_interleave(g, dim=0), sigma)
+        stats: dict[str, torch.Tensor] = {}
+        kl = None
+        if self.ref_reasoner is not None:
+            with torch.no_grad():
+                mu_ref = self._means(self.ref_reasoner, rollout.prefix)
+            kl = gaussian_kl(mu, mu_ref, sigma).repeat_interleave(g, dim=0)
+            stats["kl"] = kl.detach().mean()
+        loss, stats["clip_frac"] = policy_loss(
+            logp,
+            rollout.old_logp,
+            rollout.advantages,
+            loss_type=s.loss_type,
+            epsilon_low=s.epsilon_low,
+            epsilon_high=s.epsilon_high,
+            kl=kl,
+            beta=s.beta,
+        )
+        return loss, stats
+
+    def batches_done(self) -> int:
+        """Each batch of rollouts takes `num_iterations` optimiser steps."""
+        return self.global_step // self.settings.num_iterations
+
+    def total_batches(self) -> int:
+        return self.trainer.max_steps // self.settings.num_iterations
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """One batch of rollouts, then `num_iterations` optimiser steps on them."""
+        s = self.settings
+        records = self.trainer.datamodule.train_records
+        rollout = self.rollout(
+            batch["input_ids"],
+            batch["attention_mask"],
+            [records[i] for i in batch["index"].tolist()],
+        )
+        first_step = self.global_step
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        totals: dict[str, float] = {}
+        for _ in range(s.num_iterations):
+            loss, stats = self.loss(rollout)
+            self.check_finite(loss)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            if s.max_grad_norm is not None:
+                self.clip_gradients(
+                    optimizer, gradient_clip_val=s.max_grad_norm, gradient_clip_algorithm="norm"
+                )
+            optimizer.step()
+            scheduler.step()
+            self._project_sigma()
+            for key, value in {"loss": loss.detach(), **stats}.items():
+                totals[key] = totals.get(key, 0.0) + float(value) / s.num_iterations
+        metrics = {
+            "reward_mean": rollout.rewards.mean(),
+            "reward_std": rollout.rewards.std(),
+            "accuracy": rollout.correct.float().mean(),
+            "frac_zero_std": rollout.zero_std.float().mean(),
+            "sigma": self.sigma().detach(),
+            "answer_length": torch.tensor(rollout.generation.num_generated).float().mean(),
+            "lr": scheduler.get_last_lr()[0],
+            **totals,
+        }
+        self.log_dict(
+            {f"train/{k}": float(v) for k, v in metrics.items()},
+            batch_size=batch["input_ids"].shape[0],
+        )
+        every = s.log_samples_every_n_steps
+        # The batch covers steps [first_step, global_step): log if one of them is a multiple.
+        if every and -(-first_step // every) * every < self.global_step:
+            self._log_samples(rollout, first_step)
+
+    def _log_samples(self, rollout: Rollout, step: int) -> None:
+        """A few (question, answer, reward) rows: a wandb Table, else `<run>/samples.jsonl`."""
+        if not self.trainer.is_global_zero:
+            return
+        columns = ["step", "question", "answer", "gold", "reward"]
+        rows = [
+            [step, record.question, text, record.answer, float(reward)]
+            for record, text, reward in zip(
+                rollout.records[:SAMPLE_ROWS],
+                rollout.generation.texts,
+                rollout.rewards.tolist(),
+                strict=False,
+            )
+        ]
+        wandb = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
+        for logger in wandb:
+            logger.log_table(key="train/samples", columns=columns, data=rows, step=step)
+        if not wandb:
+            path = Path(self.trainer.default_root_dir) / "samples.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                for row in rows:
+                    f.write(json.dumps(dict(zip(columns, row, strict=True))) + "\n")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = list(self.reasoner.parameters())
+        if self.log_sigma is not None:
+            params.append(self.log_sigma)
+        return configure(params, self.optim, self.max_steps)
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also keep the noise generator, so a resumed run draws the noise it would have drawn.
+
+        Every rank draws from the same stream; ranks see different questions, so this
+        correlates nothing within a group, and one saved state resumes any world size exactly.
+        """
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[NOISE_STATE_KEY] = self.noise.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if NOISE_STATE_KEY not in checkpoint:
+            raise CheckpointError(
+                "checkpoint has no GRPO state: resume GRPO from a GRPO checkpoint, and start "
+                "from an SFT one with init_from=<checkpoint>"
+            )
+        self.noise.set_state(checkpoint[NOISE_STATE_KEY])

@@ -1,0 +1,345 @@
+"""Latent-space GRPO: the loss against its formulas, REINFORCE at one iteration, batched rollouts,
+the KL, learned sigma, resumable noise, and `train.py stage=grpo` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.distributions import Normal, kl_divergence
+
+from lrt.backbone import Backbone, BackboneConfig, load_backbone
+from lrt.data.records import Record
+from lrt.errors import CheckpointError, ConfigError
+from lrt.latent_lm import LatentLM
+from lrt.reasoner import Reasoner, build_reasoner
+from lrt.training.grpo import GRPOConfig, GRPOModule, grpo_settings
+from lrt.training.grpo_loss import (
+    LOSS_TYPES,
+    gaussian_kl,
+    gaussian_logprob,
+    group_advantages,
+    policy_loss,
+    zero_std_groups,
+)
+from lrt.training.optim import OptimConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDS = [
+    Record("a", "Start with 4. Add 13. What is the result?", "17"),
+    Record("b", "What is 7?", "7"),
+]
+G = 4
+
+
+@pytest.fixture(scope="module")
+def backbone() -> Backbone:
+    """A tiny random base whose greedy answers depend on the latents (the shared tiny model,
+    with its 0.02 init, answers every latent with the same repeated token)."""
+    return load_backbone(
+        BackboneConfig(
+            name="tiny-grpo",
+            source="random",
+            random_config={
+                "model_type": "qwen3",
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "head_dim": 16,
+                "initializer_range": 0.1,
+            },
+        )
+    )
+
+
+def make_module(backbone: Backbone, **settings) -> GRPOModule:
+    torch.manual_seed(0)
+    reasoner = build_reasoner(
+        {"num_latents": 4, "width": 32, "depth": 1, "heads": 4},
+        backbone.name,
+        backbone.hidden_size,
+        backbone.embedding_rms(),
+    )
+    config = GRPOConfig(**{"num_generations": G, "max_answer_tokens": 6, **settings})
+    return GRPOModule(LatentLM(backbone, reasoner), "arith", OptimConfig(lr=1e-2), config, 10)
+
+
+def prompts(lm: LatentLM) -> list[str]:
+    return [
+        lm.tokenizer.apply_chat_template(
+            [{"role": "user", "content": r.question}], tokenize=False, add_generation_prompt=True
+        )
+        for r in RECORDS
+    ]
+
+
+def rollout(module: GRPOModule):
+    return module.rollout(*module.lm.tokenize_prompts(prompts(module.lm)), RECORDS)
+
+
+# --- pure functions ----------------------------------------------------------------------------
+
+
+def test_group_advantages() -> None:
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.1, 1.1, 1.1, 1.1])
+    centred = torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0])
+    std = math.sqrt(1 / 3)  # unbiased std of (1, 0, 0, 1)
+    torch.testing.assert_close(
+        group_advantages(rewards, 4), centred / torch.tensor([std + 1e-4] * 4 + [1.0] * 4)
+    )
+    torch.testing.assert_close(group_advantages(rewards, 4, scale_rewards=False), centred)
+    # All-equal groups get exactly zero, even where float rounding would leave a residue.
+    assert (group_advantages(rewards, 4)[4:] == 0).all()
+    assert zero_std_groups(rewards, 4).tolist() == [False, True]
+
+
+def test_gaussian_logprob_and_kl_match_torch_distributions() -> None:
+    gen = torch.Generator().manual_seed(0)
+    z, mu, mu_ref = (torch.randn(3, 2, 5, generator=gen) for _ in range(3))
+    sigma = torch.tensor(0.7)
+    torch.testing.assert_close(
+        gaussian_logprob(z, mu, sigma), Normal(mu, sigma).log_prob(z).sum(-1)
+    )
+    torch.testing.assert_close(
+        gaussian_kl(mu, mu_ref, sigma),
+        kl_divergence(Normal(mu, sigma), Normal(mu_ref, sigma)).sum(-1),
+    )
+    torch.testing.assert_close(
+        gaussian_kl(mu, mu_ref, sigma), (mu - mu_ref).pow(2).sum(-1) / (2 * 0.7**2)
+    )
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_policy_loss_equals_its_formula(loss_type: str) -> None:
+    """Each loss type against a loop-by-loop transcription of TRL's definition."""
+    gen = torch.Generator().manual_seed(1)
+    n, k, lo, hi, beta = 4, 3, 0.2, 0.3, 0.05
+    logp = torch.randn(n, k, generator=gen)
+    old = logp + 0.5 * torch.randn(n, k, generator=gen)  # ratios on both sides of the clip
+    adv = torch.tensor([1.5, -0.7, 0.0, -2.0])
+    kl = torch.rand(n, k, generator=gen)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1]])
+    loss, clip_frac = policy_loss(logp, old, adv, loss_type, lo, hi, kl=kl, beta=beta, mask=mask)
+
+    per, active = torch.zeros(n, k), 0
+    for i in range(n):
+        for t in range(k):
+            rho = math.exp(logp[i, t] - old[i, t])
+            a = float(adv[i])
+            per[i, t] = -min(rho * a, min(max(rho, 1 - lo), 1 + hi) * a) + beta * kl[i, t]
+            active += bool(mask[i, t]) and ((rho < 1 - lo and a < 0) or (rho > 1 + hi and a > 0))
+    per = per * mask
+    expected = {
+        "grpo": sum(per[i].sum() / mask[i].sum() for i in range(n)) / n,
+        "bnpo": per.sum() / mask.sum(),
+        "dr_grpo": per.sum() / (n * k),
+    }[loss_type]
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(clip_frac, torch.tensor(active / mask.sum().item()))
+    assert 0 < active < mask.sum()
+
+
+def test_unknown_loss_type_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="stage.loss_type='ppo'"):
+        policy_loss(torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2), loss_type="ppo")
+    with pytest.raises(ConfigError, match="stage.loss_type"):
+        GRPOConfig(loss_type="ppo")
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_one_iteration_gradient_is_reinforce_with_group_baseline(loss_type: str) -> None:
+    """d loss / d mu = -sum_i w_ik A_i (z_i - mu) / sigma^2, w the loss type's token weight;
+    the second question's group has equal rewards and gets exactly zero gradient."""
+    gen = torch.Generator().manual_seed(2)
+    b, k, d, sigma = 2, 3, 5, torch.tensor(0.4)
+    mu = torch.randn(b, k, d, generator=gen, requires_grad=True)
+    z = mu.detach().repeat_interleave(G, 0) + sigma * torch.randn(b * G, k, d, generator=gen)
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    adv = group_advantages(rewards, G)
+    mask = torch.ones(b * G, k)
+    mask[1, 2] = mask[3, 1:] = 0
+    logp = gaussian_logprob(z, mu.repeat_interleave(G, 0), sigma)
+    loss, clip_frac = policy_loss(logp, logp.detach(), adv, loss_type, mask=mask)
+    loss.backward()
+
+    n_tokens = {"grpo": mask.sum(1, keepdim=True) * b * G, "bnpo": mask.sum(), "dr_grpo": b * G * k}
+    weight = mask / n_tokens[loss_type]
+    score = (z - mu.detach().repeat_interleave(G, 0)) / sigma**2
+    per_sample = adv[:, None, None] * weight[..., None] * score
+    expected = -per_sample.view(b, G, k, d).sum(1)
+    torch.testing.assert_close(mu.grad, expected)
+    assert clip_frac == 0
+    assert mu.grad[0].abs().sum() > 0
+    assert (mu.grad[1] == 0).all()
+
+
+# --- the module --------------------------------------------------------------------------------
+
+
+def test_batched_rollout_equals_decoding_each_pair_alone(backbone: Backbone) -> None:
+    module = make_module(backbone, sigma_scale=1.0)
+    ro = rollout(module)
+    assert ro.latents.shape == (len(RECORDS) * G, 4, backbone.hidden_size)
+    assert len({tuple(t) for t in ro.generation.token_ids}) > 2, "answers must depend on Z"
+    lm = module.lm
+    for q, prompt in enumerate(prompts(lm)):
+        prefix = lm.encode(*lm.tokenize_prompts([prompt]))
+        for s in range(G):
+            z = ro.latents[q * G + s : q * G + s + 1].to(lm.base.dtype)
+            alone = lm.generate(prefix, "lrt", latents=z, max_answer_tokens=6)
+            assert alone.token_ids[0] == ro.generation.token_ids[q * G + s]
+    assert ro.records == [r for r in RECORDS for _ in range(G)]
+    assert ro.rewards.shape == ro.advantages.shape == (len(RECORDS) * G,)
+
+
+def test_module_gradient_is_reinforce_and_equal_rewards_give_none(backbone: Backbone) -> None:
+    module = make_module(backbone)
+    ro = rollout(module)
+    ro.advantages = group_advantages(torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 1]), G)
+    loss, stats = module.loss(ro)
+    assert stats["clip_frac"] == 0 and "kl" not in stats  # beta = 0: no reference pass
+    grads = torch.autograd.grad(loss, list(module.reasoner.parameters()))
+
+    mu = module._means(module.reasoner, ro.prefix).repeat_interleave(G, 0)
+    score = (ro.latents - mu.detach()) / module.sigma() ** 2
+    surrogate = -(ro.advantages[:, None] * (score * mu).sum(-1)).mean()
+    expected = torch.autograd.grad(surrogate, list(module.reasoner.parameters()))
+    got, want = torch.cat([g.flatten() for g in grads]), torch.cat([g.flatten() for g in expected])
+    assert want.norm() > 0
+    assert (got - want).norm() <= 1e-5 * want.norm()
+
+    ro.advantages = group_advantages(torch.tensor([1.0] * G + [0.0] * G), G)
+    loss, _ = module.loss(ro)
+    loss.backward()
+    assert all((p.grad == 0).all() for p in module.reasoner.parameters())
+
+
+def test_kl_is_zero_at_start_and_matches_closed_form(backbone: Backbone) -> None:
+    module = make_module(backbone, beta=0.5)
+    ro = rollout(module)
+    _, stats = module.loss(ro)
+    # Not bit-exact: PyTorch picks another matmul path for weights without requires_grad.
+    assert 0 <= stats["kl"] < 1e-9
+    assert not any(p.requires_grad for p in module.ref_reasoner.parameters())
+    with torch.no_grad():
+        module.reasoner.f_out.bias.add_(0.01)
+    _, stats = module.loss(ro)
+    mu = module._means(module.reasoner, ro.prefix)
+    mu_ref = module._means(module.ref_reasoner, ro.prefix)
+    closed = ((mu - mu_ref) ** 2).sum(-1) / (2 * module.sigma() ** 2)
+    torch.testing.assert_close(stats["kl"], closed.mean().detach())
+    assert stats["kl"] > 0
+    # The reference is saved with the module (for exact resumes), the base is not copied.
+    keys = module.state_dict().keys()
+    assert any(k.startswith("ref_reasoner.") for k in keys)
+    assert sum(k.startswith("lm.base.") for k in keys) == len(module.lm.base.state_dict())
+
+
+def test_learned_sigma_is_optimised_and_stays_in_its_clamp(backbone: Backbone) -> None:
+    module = make_module(backbone, learn_sigma=True, sigma_min=0.2, sigma_max=0.4)
+    rms = backbone.embedding_rms()
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert any(p is module.log_sigma for g in optimizer.param_groups for p in g["params"])
+    assert "log_sigma" in module.state_dict()
+    ro = rollout(module)
+    ro.advantages = group_advantages(torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 0]), G)
+    huge = torch.optim.SGD([module.log_sigma], lr=1e4)  # steps far beyond the clamp range
+    for _ in range(3):
+        huge.zero_grad()
+        module.loss(ro)[0].backward()
+        assert module.log_sigma.grad != 0
+        huge.step()
+        module._project_sigma()
+        assert math.log(0.2 / 0.3) <= float(module.log_sigma.detach()) <= math.log(0.4 / 0.3)
+        assert 0.2 * rms * (1 - 1e-6) <= float(module.sigma().detach()) <= 0.4 * rms * (1 + 1e-6)
+    with torch.no_grad():
+        module.log_sigma.fill_(50.0)
+    assert float(module.sigma().detach()) == pytest.approx(0.4 * rms)
+
+
+def test_resumed_module_draws_the_same_noise(backbone: Backbone) -> None:
+    first = make_module(backbone)
+    rollout(first)
+    checkpoint = {"state_dict": {}}
+    first.on_save_checkpoint(checkpoint)
+    after_save = rollout(first).latents
+
+    resumed = make_module(backbone)
+    resumed.on_load_checkpoint(checkpoint)
+    torch.testing.assert_close(rollout(resumed).latents, after_save)
+    assert not torch.equal(rollout(make_module(backbone)).latents, after_save)
+
+    with pytest.raises(CheckpointError, match="no GRPO state"):
+        make_module(backbone).on_load_checkpoint({"state_dict": {}, "lrt": checkpoint["lrt"]})
+
+
+def test_invalid_settings_name_their_key(compose_train) -> None:
+    with pytest.raises(ConfigError, match="stage.num_generations=1 must be at least 2"):
+        GRPOConfig(num_generations=1)
+    with pytest.raises(ConfigError, match="stage.sigma_min=0.5 must satisfy"):
+        GRPOConfig(learn_sigma=True, sigma_min=0.5)
+    with pytest.raises(ConfigError, match="unknown key 'stage.sigma'"):
+        GRPOConfig.from_dict({"sigma": 0.3})
+    stage = OmegaConf.to_container(compose_train("stage=grpo", "stage.num_iterations=3").stage)
+    with pytest.raises(ConfigError, match="stage.max_steps=100 must be a multiple of stage"):
+        grpo_settings(stage)
+    assert grpo_settings(OmegaConf.to_container(compose_train("stage=grpo").stage)).loss_type == (
+        "grpo"
+    )
+
+
+# --- end to end --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_grpo_two_steps(tmp_path: Path) -> None:
+    reasoner = build_reasoner(
+        {"num_latents": 4, "width": 32, "depth": 1, "heads": 4}, "tiny-random-qwen3", 64, 0.02
+    )
+    reasoner.save_pretrained(tmp_path / "init")
+    run_dir = tmp_path / "run"
+    overrides = [
+        "model=tiny_random",
+        "stage=grpo",
+        f"init_from={tmp_path / 'init'}",
+        f"hydra.run.dir={run_dir}",
+        "stage.max_steps=2",
+        "stage.batch_size=2",
+        "stage.num_generations=2",
+        "stage.max_answer_tokens=3",
+        "stage.val_every_n_steps=2",
+        "stage.checkpoint_every_n_steps=1",
+        "stage.log_samples_every_n_steps=1",
+        "stage.learn_sigma=true",
+        "stage.beta=0.1",
+        "data.train.limit=8",
+        "data.val.limit=2",
+        "final_eval.enabled=false",
+        "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1",
+    ]
+    result = subprocess.run(
+        [sys.executable, "train.py", *overrides], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2
+    assert not any(k.startswith("lm.base.") for k in ckpt["state_dict"]), "base weights saved"
+    assert "log_sigma" in ckpt["state_dict"] and "grpo_noise_rng" in ckpt
+    final = Reasoner.from_pretrained(run_dir / "reasoner" / "final", "tiny-random-qwen3", 64)
+    assert final.num_latents == 4
+    rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in rows} == {0, 1} and len(rows) == 8
+    assert set(rows[0]) == {"step", "question", "answer", "gold", "reward"}
+    header = (run_dir / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for name in ("reward_mean", "frac_zero_std", "kl", "sigma", "clip_frac", "loss"):
+        assert f"train/{name}" in header
