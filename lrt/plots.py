@@ -1,0 +1,123 @@
+"""The evaluation figures: accuracy against generated tokens, and sweep curves.
+
+Figures are drawn on `matplotlib.figure.Figure` objects and saved with the Agg canvas, never
+through pyplot, so plotting needs no display, leaves no global figure state behind and does
+not change the backend of a notebook that imports lrt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+Row = Mapping[str, Any]
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig).print_png(str(path))
+    return path
+
+
+def _frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points no other point beats on both axes (fewer tokens and higher accuracy)."""
+    best: list[tuple[float, float]] = []
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not best or y > best[-1][1]:
+            best.append((x, y))
+    return best
+
+
+def pareto_plot(rows: Sequence[Row], path: Path) -> Path:
+    """Accuracy against mean generated tokens: one point per (checkpoint, mode), a panel per task.
+
+    The token axis is symlog because `lrt` answers take a few tokens and `cot` hundreds; the
+    dashed line joins the Pareto-optimal points of each panel.
+    """
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    colors = {m: f"C{i % 10}" for i, m in enumerate(modes)}
+    # With several reasoners, points carry a number and a key below the panels names them
+    # (run names of a sweep are far too long to print next to each point).
+    reasoners = [c for c in dict.fromkeys(r["checkpoint"] for r in rows) if c != "base"]
+    tags = {c: str(i + 1) for i, c in enumerate(reasoners)} if len(reasoners) > 1 else {}
+    fig = Figure(figsize=(5 * len(tasks), 4 + 0.2 * len(tags)), layout="constrained")
+    axes: Sequence[Axes] = fig.subplots(1, len(tasks), squeeze=False)[0]
+    for ax, task in zip(axes, tasks, strict=True):
+        task_rows = [r for r in rows if r["task"] == task]
+        for mode in modes:
+            pts = [r for r in task_rows if r["mode"] == mode]
+            if pts:
+                ax.scatter(
+                    [r["mean_tokens"] for r in pts],
+                    [r["accuracy"] for r in pts],
+                    color=colors[mode],
+                    label=mode,
+                    zorder=3,
+                )
+        for r in task_rows:
+            if r["checkpoint"] in tags:
+                ax.annotate(
+                    tags[r["checkpoint"]],
+                    (r["mean_tokens"], r["accuracy"]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+        front = _frontier([(r["mean_tokens"], r["accuracy"]) for r in task_rows])
+        ax.plot(*zip(*front, strict=True), "--", color="0.6", drawstyle="steps-post", zorder=2)
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("mean generated tokens per answer")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if tags:
+        key = [Line2D([], [], linestyle="none", label=f"{t}: {c}") for c, t in tags.items()]
+        fig.legend(handles=key, loc="outside lower center", fontsize=7, frameon=False)
+    return _save(fig, path)
+
+
+def _axis_values(values: Sequence[str]) -> tuple[list[float], list[str] | None]:
+    """Numeric override values as numbers; anything else as categories in order of appearance."""
+    try:
+        return [float(v) for v in values], None
+    except ValueError:
+        categories = list(dict.fromkeys(values))
+        return [float(categories.index(v)) for v in values], categories
+
+
+def sweep_plot(rows: Sequence[Row], keys: Sequence[str], path: Path) -> Path:
+    """Accuracy (top) and mean tokens (bottom) against each swept key, a line per (task, mode).
+
+    When several keys are swept at once, each point of a line is the mean over the runs that
+    share that key's value.
+    """
+    keys = list(keys) or ["run"]
+    fig = Figure(figsize=(4.5 * len(keys), 6), layout="constrained")
+    axes = fig.subplots(2, len(keys), squeeze=False)
+    series = list(dict.fromkeys((r["task"], r["mode"]) for r in rows))
+    for col, key in enumerate(keys):
+        xs, categories = _axis_values([str(r.get(key, "")) for r in rows])
+        for metric, ax in zip(("accuracy", "mean_tokens"), axes[:, col], strict=True):
+            for task, mode in series:
+                by_x: dict[float, list[float]] = {}
+                for x, r in zip(xs, rows, strict=True):
+                    if (r["task"], r["mode"]) == (task, mode):
+                        by_x.setdefault(x, []).append(float(r[metric]))
+                points = sorted((x, sum(v) / len(v)) for x, v in by_x.items())
+                ax.plot(*zip(*points, strict=True), "o-", label=f"{task} {mode}")
+            if categories is not None:
+                ax.set_xticks(range(len(categories)), categories, rotation=30, fontsize=7)
+            ax.set_xlabel(key)
+            ax.set_ylabel(metric.replace("_", " "))
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,372 @@
+"""Checkpoint evaluation on the tiny random model: modes, metrics, discovery, outputs, errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from lrt.backbone import Backbone
+from lrt.data.prompts import PromptConfig, format_prompt
+from lrt.data.tasks import load_task
+from lrt.errors import CheckpointError, ConfigError
+from lrt.evaluation import (
+    DecodeConfig,
+    Prediction,
+    evaluate,
+    find_reasoners,
+    load_tasks,
+    pass_at_k,
+    predict,
+    summarize,
+    validate_evaluate,
+)
+from lrt.latent_lm import LatentLM
+from lrt.reasoner import build_reasoner
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+TINY = [
+    "model=tiny_random",
+    "limit=3",
+    "batch_size=3",
+    "max_answer_tokens=3",
+    "cot_budgets=[4]",
+]
+PREDICTION_FIELDS = {
+    "checkpoint",
+    "task",
+    "id",
+    "mode",
+    "sample",
+    "text",
+    "extracted",
+    "correct",
+    "tokens",
+    "latency_s",
+    "truncated",
+    "confidence",
+    "route",
+}
+METRICS = {
+    "checkpoint",
+    "checkpoint_path",
+    "task",
+    "mode",
+    "questions",
+    "samples",
+    "accuracy",
+    "mean_tokens",
+    "p50_tokens",
+    "p95_tokens",
+    "mean_latency_s",
+    "questions_per_s",
+    "truncated",
+    "routed_lrt",
+    "routed_cot",
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: with a second busy process on the machine, intra-op threads spin-wait and
+    make each matmul ~100x slower than a single thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def compose_eval(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="evaluate", overrides=[*TINY, *overrides])
+
+
+def save_reasoner(directory: Path, backbone: Backbone, k: int = 2, base: str | None = None) -> Path:
+    torch.manual_seed(k)
+    reasoner = build_reasoner(
+        {"num_latents": k, "width": 32, "depth": 1, "heads": 4},
+        base or backbone.name,
+        backbone.hidden_size,
+        backbone.embedding_rms(),
+    )
+    return reasoner.save_pretrained(directory)
+
+
+def make_run(run: Path, backbone: Backbone, k: int, exports: tuple[str, ...]) -> Path:
+    """A train.py run folder as a Hydra multirun job leaves it."""
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(
+        f"- model=tiny_random\n- reasoner.num_latents={k}\n"
+    )
+    for name in exports:
+        save_reasoner(run / "reasoner" / name, backbone, k)
+    return run
+
+
+def arith_prompts(lm: LatentLM, n: int) -> tuple[list, list[str]]:
+    records = load_task("arith", "test", limit=n)
+    return records, [format_prompt(lm.tokenizer, r, PromptConfig(), None) for r in records]
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+def test_pass_at_k_equals_brute_force_over_all_subsets() -> None:
+    for n in range(1, 7):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                subsets = list(itertools.combinations([True] * c + [False] * (n - c), k))
+                brute = sum(any(s) for s in subsets) / len(subsets)
+                assert math.isclose(pass_at_k(n, c, k), brute, abs_tol=1e-12), (n, c, k)
+    with pytest.raises(ValueError):
+        pass_at_k(2, 1, 3)
+
+
+def test_summarize_averages_pass_at_k_over_questions() -> None:
+    def pred(qid: str, sample: int, correct: bool, tokens: int) -> Prediction:
+        return Prediction(qid, "lrt", "", None, correct, tokens, 0.5, False, 0.0, sample)
+
+    preds = [pred("a", s, s == 0, 10) for s in range(4)] + [
+        pred("b", s, False, 2) for s in range(4)
+    ]
+    m = summarize(preds, ks=[1, 2, 4], wall_s=4.0)
+    assert (m["questions"], m["samples"]) == (2, 4)
+    assert m["accuracy"] == pytest.approx(1 / 8)  # pass@1 averaged over every sample
+    assert m["pass@1"] == pytest.approx(1 / 8)
+    assert m["pass@2"] == pytest.approx((1 - math.comb(3, 2) / math.comb(4, 2)) / 2)
+    assert m["pass@4"] == pytest.approx(0.5)
+    assert (m["mean_tokens"], m["p50_tokens"]) == (6.0, 6.0)
+    assert (m["mean_latency_s"], m["questions_per_s"]) == (0.5, 0.5)
+    assert m["routed_lrt"] is None and m["routed_cot"] is None
+
+
+# --- decoding -----------------------------------------------------------------------------
+
+
+def test_budget_forcing_stops_exactly_at_the_budget(tiny_lm: LatentLM) -> None:
+    budget, max_answer = 5, 3
+    _, prompts = arith_prompts(tiny_lm, 3)
+    prefix = tiny_lm.encode(*tiny_lm.tokenize_prompts(prompts))
+    gen = tiny_lm.generate(
+        prefix, "cot", budget=budget, max_answer_tokens=max_answer, force_answer="The answer is"
+    )
+    forced = tiny_lm._ids(tiny_lm.backbone.config.think_close + "The answer is").tolist()
+    close = tiny_lm.backbone.config.think_close.strip()
+    for ids, n, text in zip(gen.token_ids, gen.num_generated, gen.texts, strict=True):
+        thinking, after = ids[:budget], ids[budget:]
+        assert close not in tiny_lm.tokenizer.decode(thinking), "the model closed it itself"
+        assert after[: len(forced)] == forced, "the close marker and answer prefix are forced"
+        answer = after[len(forced) :]
+        assert len(answer) == max_answer, "an answer is still decoded after the budget"
+        assert n == budget + len(answer), "forced tokens are not counted as generated"
+        assert "The answer is" in text
+    assert gen.truncated == [True] * 3  # every answer used all max_answer tokens
+
+
+def test_predict_cot_budget_label_sets_the_budget(tiny_lm: LatentLM) -> None:
+    records, _ = arith_prompts(tiny_lm, 2)
+    decode = DecodeConfig(max_answer_tokens=2, budget=100)
+    preds = predict(tiny_lm, "arith", records, PromptConfig(), "cot@3", decode, batch_size=2)
+    assert [p.tokens for p in preds] == [3 + 2, 3 + 2]
+    assert {p.mode for p in preds} == {"cot@3"}
+
+
+def test_hybrid_routes_by_threshold(tiny_lm: LatentLM) -> None:
+    records, _ = arith_prompts(tiny_lm, 4)
+
+    def run(mode: str, threshold: float) -> list[Prediction]:
+        decode = DecodeConfig(max_answer_tokens=3, hybrid_threshold=threshold)
+        return predict(tiny_lm, "arith", records, PromptConfig(), mode, decode, batch_size=4)
+
+    lrt, cot = run("lrt", 0.0), run("cot@4", 0.0)
+    keep = run("hybrid@4", -math.inf)
+    assert [p.route for p in keep] == ["lrt"] * 4
+    assert [p.text for p in keep] == [p.text for p in lrt]
+    assert summarize(keep)["routed_lrt"] == 1.0
+
+    redo = run("hybrid@4", math.inf)
+    assert [p.route for p in redo] == ["cot"] * 4
+    assert [p.text for p in redo] == [p.text for p in cot]
+    assert [p.tokens for p in redo] == [a.tokens + b.tokens for a, b in zip(lrt, cot, strict=True)]
+    assert [p.confidence for p in redo] == [p.confidence for p in lrt]  # the gate's input
+    assert summarize(redo)["routed_cot"] == 1.0
+
+    middle = sorted(p.confidence for p in lrt)[1] + 1e-6  # strictly between two confidences
+    mixed = run("hybrid@4", middle)
+    assert [p.route for p in mixed] == ["cot" if p.confidence < middle else "lrt" for p in lrt]
+    assert summarize(mixed)["routed_cot"] == 0.5
+
+
+# --- finding reasoners and refusing foreign ones ------------------------------------------
+
+
+def test_find_reasoners_in_every_kind_of_path(tmp_path: Path, tiny_backbone: Backbone) -> None:
+    sweep = tmp_path / "sweep"
+    first = make_run(sweep / "0_reasoner.num_latents=2", tiny_backbone, 2, ("best", "final"))
+    second = make_run(sweep / "1_reasoner.num_latents=4", tiny_backbone, 4, ("best",))
+    make_run(sweep / "2_reasoner.num_latents=8", tiny_backbone, 8, ())  # failed: nothing saved
+    assert find_reasoners(sweep) == [first / "reasoner" / "final", second / "reasoner" / "best"]
+    assert find_reasoners(sweep, "both") == [
+        first / "reasoner" / "best",
+        first / "reasoner" / "final",
+        second / "reasoner" / "best",
+    ]
+    assert find_reasoners(first, "best") == [first / "reasoner" / "best"]
+    assert find_reasoners(first / "reasoner" / "best") == [first / "reasoner" / "best"]
+    with pytest.raises(CheckpointError, match="does not exist"):
+        find_reasoners(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="no reasoner folder"):
+        find_reasoners(sweep / "0_reasoner.num_latents=2" / ".hydra")
+
+
+def test_reasoner_for_another_base_is_refused(tmp_path: Path, tiny_backbone: Backbone) -> None:
+    foreign = save_reasoner(tmp_path / "foreign", tiny_backbone, base="other-base")
+    cfg = compose_eval(f"checkpoints={foreign}", f"output_dir={tmp_path / 'out'}")
+    with pytest.raises(CheckpointError) as err:
+        evaluate(cfg)
+    assert str(err.value) == (
+        f"reasoner {foreign} was trained for base model 'other-base', not 'tiny-random-qwen3'"
+    )
+    assert not (tmp_path / "out" / "results.json").exists(), "refused before decoding"
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"lrt": {"base_model": "other-base", "reasoner_config": {}}}, ckpt)
+    cfg = compose_eval(f"checkpoints={ckpt}", f"output_dir={tmp_path / 'out'}")
+    with pytest.raises(CheckpointError, match="trained for base model 'other-base', not 'tiny"):
+        evaluate(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("modes=[lrt,sudoku]", "modes: unknown mode 'sudoku'; known modes: lrt, nothink, cot"),
+        ("pass_at_k.n=2", "pass_at_k.k=4 must be between 1 and pass_at_k.n=2"),
+        ("checkpoints=/no/such/run", "checkpoints=/no/such/run does not exist"),
+        ("cot_budgets=[0]", "cot_budgets=[0] must be positive integers"),
+        ("modes=[lrt]", "modes=['lrt'] all need a reasoner; set checkpoints or sweep_dir"),
+    ],
+)
+def test_config_errors_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match="^" + message.replace("[", r"\[").replace("]", r"\]")):
+        validate_evaluate(compose_eval(override))
+
+
+def test_unknown_task_is_refused() -> None:
+    with pytest.raises(ConfigError, match="^tasks: unknown task 'sudoku'; known data configs"):
+        load_tasks(compose_eval("tasks=[arith,sudoku]"))
+
+
+# --- whole evaluations ----------------------------------------------------------------------
+
+
+def test_every_mode_with_sampling_writes_all_outputs(
+    tmp_path: Path, tiny_backbone: Backbone
+) -> None:
+    reasoner = save_reasoner(tmp_path / "reasoner", tiny_backbone)
+    out = tmp_path / "out"
+    cfg = compose_eval(
+        f"checkpoints={reasoner}",
+        "tasks=[arith]",
+        "modes=[nothink,lrt,cot,hybrid]",
+        "pass_at_k.n=2",
+        "pass_at_k.k=[1,2]",
+        f"output_dir={out}",
+    )
+    assert evaluate(cfg) == out
+    result = json.loads((out / "results.json").read_text())
+    rows = {(r["checkpoint"], r["mode"]): r for r in result["results"]}
+    assert set(rows) == {
+        ("base", "nothink"),
+        ("base", "cot@4"),
+        ("reasoner", "lrt"),
+        ("reasoner", "hybrid@4"),
+    }
+    for row in rows.values():
+        assert set(row) == METRICS | {"pass@1", "pass@2"}
+        assert (row["task"], row["questions"], row["samples"]) == ("arith", 3, 2)
+        assert row["pass@1"] == pytest.approx(row["accuracy"]) and row["pass@2"] >= row["pass@1"]
+    hybrid = rows[("reasoner", "hybrid@4")]
+    assert hybrid["routed_lrt"] + hybrid["routed_cot"] == pytest.approx(1.0)
+    assert rows[("base", "cot@4")]["p50_tokens"] == 4 + 3
+    assert set(result["versions"]) >= {"torch", "transformers", "lightning", "lrt"}
+    assert result["config"]["pass_at_k"]["n"] == 2
+
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 * 3 * 2
+    assert all(set(p) == PREDICTION_FIELDS for p in lines)
+    assert {p["route"] for p in lines if p["mode"] == "hybrid@4"} <= {"lrt", "cot"}
+    assert {p["route"] for p in lines if p["mode"] != "hybrid@4"} == {None}
+    assert "| checkpoint | task | mode |" in (out / "results.md").read_text()
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_folder_evaluates_every_run(tmp_path: Path, tiny_backbone: Backbone) -> None:
+    sweep = tmp_path / "sweep"
+    make_run(sweep / "0_reasoner.num_latents=2", tiny_backbone, 2, ("final",))
+    make_run(sweep / "1_reasoner.num_latents=4", tiny_backbone, 4, ("final",))
+    out = tmp_path / "out"
+    evaluate(compose_eval(f"sweep_dir={sweep}", "modes=[lrt]", f"output_dir={out}"))
+    rows = json.loads((out / "results.json").read_text())["results"]
+    assert [r["checkpoint"] for r in rows] == [
+        "0_reasoner.num_latents=2/final",
+        "1_reasoner.num_latents=4/final",
+    ]
+    sweep_md = (out / "sweep.md").read_text()
+    assert "| run | reasoner.num_latents | task | mode | accuracy | mean_tokens |" in sweep_md
+    assert "| 2 |" in sweep_md and "| 4 |" in sweep_md
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def save_lightning_checkpoint(path: Path, backbone: Backbone) -> None:
+    """A `.ckpt` laid out as `StageModule.on_save_checkpoint` writes it (reasoner weights only)."""
+    reasoner = build_reasoner(
+        {"num_latents": 3, "width": 32, "depth": 1, "heads": 4},
+        backbone.name,
+        backbone.hidden_size,
+        backbone.embedding_rms(),
+    )
+    state = {f"lm.reasoner.{k}": v for k, v in reasoner.state_dict().items()}
+    meta = {"base_model": backbone.name, "reasoner_config": vars(reasoner.config).copy()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"lrt": meta, "state_dict": state}, path)
+
+
+@pytest.mark.slow
+def test_evaluate_py_end_to_end(tmp_path: Path, tiny_backbone: Backbone) -> None:
+    run = make_run(tmp_path / "run", tiny_backbone, 2, ("best", "final"))
+    ckpt = tmp_path / "other" / "checkpoints" / "last.ckpt"
+    save_lightning_checkpoint(ckpt, tiny_backbone)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "evaluate.py",
+            *TINY,
+            f"checkpoints=[{run},{ckpt}]",
+            "modes=[nothink,lrt]",
+            f"hydra.run.dir={tmp_path / 'eval'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "eval"
+    for name in ("results.json", "predictions.jsonl", "results.md", "pareto.png"):
+        assert (out / name).is_file(), name
+    table = (out / "results.md").read_text()
+    assert "| base | arith | nothink | 3 |" in table
+    assert "| run/final | arith | lrt | 3 |" in table
+    assert "| other/last.ckpt | arith | lrt | 3 |" in table
+    assert "evaluation (greedy)" in result.stdout
