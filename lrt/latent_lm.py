@@ -308,7 +308,9 @@ class _Decoder:
             if not self.done[i]:
                 self.truncated[i] = True
         texts = lm.tokenizer.batch_decode(self.tokens, skip_special_tokens=True)
-        n_ans = torch.tensor(self.n_answer, dtype=torch.float).clamp(min=1)
+        # No answer token (EOS at once, or inside the thinking span): no confidence, not 0.0.
+        n_ans = torch.tensor(self.n_answer, dtype=torch.float)
+        n_ans = torch.where(n_ans > 0, n_ans, torch.nan)
         return Generation(
             token_ids=self.tokens,
             texts=texts,

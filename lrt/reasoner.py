@@ -152,15 +152,15 @@ class Reasoner(nn.Module):
         """Load a saved reasoner; refuse one built for another base model."""
         directory = Path(directory)
         config = read_config(directory)
-        if base_hidden_size is not None and config.base_hidden_size != base_hidden_size:
-            raise CheckpointError(
-                f"reasoner {directory} was trained for a base of hidden size "
-                f"{config.base_hidden_size}, not {base_hidden_size}"
-            )
         if base_model is not None and config.base_model != base_model:
             raise CheckpointError(
                 f"reasoner {directory} was trained for base model {config.base_model!r}, "
                 f"not {base_model!r}"
+            )
+        if base_hidden_size is not None and config.base_hidden_size != base_hidden_size:
+            raise CheckpointError(
+                f"reasoner {directory} was trained for a base of hidden size "
+                f"{config.base_hidden_size}, not {base_hidden_size}"
             )
         model = cls(config)
         try:

@@ -32,7 +32,7 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], path: Path | None = 
         table.add_column(col)
     for row in rows:
         table.add_row(*(_fmt(v) for v in row.values()))
-    Console().print(table)
+    Console(width=160).print(table)  # CI logs and Hydra runs are not terminals: keep width
     text = f"## {title}\n\n{markdown_table(rows)}"
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

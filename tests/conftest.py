@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,6 +17,12 @@ from lrt.reasoner import build_reasoner
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread() -> None:
+    """Tiny-model tests are dominated by thread start-up; one thread avoids oversubscription."""
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
