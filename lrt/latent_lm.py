@@ -83,7 +83,8 @@ class LatentLM(nn.Module):
         self.eos_ids = backbone.eos_token_ids
 
     def _ids(self, text: str) -> torch.Tensor:
-        return torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids)
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        return torch.tensor(ids, device=self.backbone.device)
 
     def train(self, mode: bool = True) -> LatentLM:
         """Keep the base in eval mode (no dropout) whatever Lightning asks of the module."""

@@ -128,8 +128,8 @@ def test_loading_init_from_for_another_base_fails(tmp_path: Path) -> None:
 def test_resume_continues_exactly(tmp_path: Path) -> None:
     """3 steps, then resume to 6, gives the same reasoner as 6 uninterrupted steps.
 
-    The default 20-step warm-up spans both runs, so their learning-rate schedules agree even
-    though the first part was launched with max_steps=3.
+    The first part (launched with max_steps=3) stays inside the 5-step warm-up, whose rates do
+    not depend on max_steps, so both runs follow the same learning-rate schedule.
     """
     common = [*TINY, "final_eval.enabled=false", "stage.val_every_n_steps=100"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
