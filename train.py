@@ -4,34 +4,56 @@ Builds the frozen backbone, the reasoner, the DataModule and the stage's Lightni
 the Hydra config, trains with a Lightning Trainer (checkpoints in `<run>/checkpoints`, resumed
 automatically from `last.ckpt`), exports the reasoner to `<run>/reasoner/{best,final}` and
 ends with a held-out comparison of `lrt` against `nothink` on the same questions.
+
+A run killed at any point and restarted with the same command continues from its last
+checkpoint and ends as the uninterrupted run would; SIGTERM or Ctrl+C first write one. Bad
+input stops it with one line, `error: <message>`, and exit status 1.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, open_dict
 
-from lrt.build import backbone_from, load_reasoner, new_reasoner
+from lrt.build import backbone_from, load_reasoner, new_reasoner, read_checkpoint
 from lrt.config import validate_train
 from lrt.data.datamodule import LRTDataModule, load_split, split_config
 from lrt.data.prompts import PromptConfig
-from lrt.errors import LrtError
+from lrt.errors import CheckpointError, ConfigError, LrtError
 from lrt.evaluation import DecodeConfig, accuracy, mean_tokens, predict
 from lrt.latent_lm import LatentLM
 from lrt.loggers import build_loggers
 from lrt.report import print_table
-from lrt.training.callbacks import RankConsistencyCheck, ReasonerExport
+from lrt.training.callbacks import (
+    AtomicCheckpointIO,
+    KeepMetricsOnResume,
+    PeriodicCheckpoint,
+    RankConsistencyCheck,
+    ReasonerExport,
+    StopOnSignal,
+)
 from lrt.training.optim import OptimConfig
 from lrt.training.sft import SFTModule
 
 log = logging.getLogger("lrt.train")
+
+
+class Stopped(Exception):
+    """Training stopped by SIGTERM or Ctrl+C after writing its checkpoint."""
+
+    def __init__(self, signum: signal.Signals, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
@@ -41,15 +63,69 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.run_dir)
 
 
+def check_run_dir(run_dir: Path, min_free_gb: float) -> None:
+    """A run folder that cannot take a checkpoint fails now, not at the first save hours later."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir):
+            pass
+    except OSError as err:
+        raise ConfigError(f"run folder {run_dir} is not writable: {err.strerror}") from err
+    free_gb = shutil.disk_usage(run_dir).free / 2**30
+    if free_gb < min_free_gb:
+        raise ConfigError(
+            f"run folder {run_dir} has {free_gb:.2f} GiB free, less than "
+            f"guard.min_free_gb={min_free_gb}"
+        )
+
+
+def resume_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
+    """`ckpt_path`, else the run folder's `last.ckpt`, checked before the model loads: readable,
+    and for this base (the rest is checked as Lightning loads it)."""
+    last = ckpt_dir / "last.ckpt"
+    path = cfg.get("ckpt_path") or (str(last) if last.exists() else None)
+    if path:
+        trained_for = read_checkpoint(path)["lrt"]["base_model"]
+        if trained_for != cfg.model.name:
+            raise CheckpointError(
+                f"{path}: checkpoint was trained for base model {trained_for!r}, "
+                f"not {cfg.model.name!r}"
+            )
+    return path
+
+
 def build_stage(cfg: DictConfig, lm: LatentLM):
     optim = OptimConfig.from_dict(dict(cfg.stage.optim))
     if cfg.stage.name == "sft":
-        return SFTModule(
+        module = SFTModule(
             lm, cfg.data.task, optim, cfg.stage.max_steps, cfg.stage.val_max_answer_tokens
         )
-    from lrt.training.grpo import GRPOModule
+    else:
+        from lrt.training.grpo import GRPOModule
 
-    return GRPOModule.from_config(lm, cfg, optim)
+        module = GRPOModule.from_config(lm, cfg, optim)
+    module.configure_run(seed=cfg.seed, skip_nonfinite=cfg.guard.skip_nonfinite)
+    return module
+
+
+def prompt_budget(cfg: DictConfig, lm: LatentLM) -> int | None:
+    """Prompt tokens the model's context leaves after the thinking span and the longest answer
+    this run decodes (None when the model states no context length)."""
+    context = getattr(lm.base.config, "max_position_embeddings", None)
+    if context is None:
+        return None
+    span = lm.open_ids.numel() + lm.reasoner.num_latents + lm.close_ids.numel()
+    answer = max(
+        cfg.stage.val_max_answer_tokens,
+        cfg.stage.get("max_answer_tokens", 0),
+        cfg.final_eval.max_answer_tokens if cfg.final_eval.enabled else 0,
+    )
+    if context - span - answer < 1:
+        raise ConfigError(
+            f"the model's context of {context} tokens cannot hold the {span}-token thinking "
+            f"span and {answer} answer tokens (reasoner.num_latents, *max_answer_tokens)"
+        )
+    return context - span - answer
 
 
 def trainer_arguments(cfg: DictConfig, module, lm: LatentLM) -> dict:
@@ -70,15 +146,23 @@ def trainer_arguments(cfg: DictConfig, module, lm: LatentLM) -> dict:
     return kwargs
 
 
-def final_comparison(cfg: DictConfig, lm: LatentLM, run_dir: Path) -> list[dict]:
+def final_comparison(
+    cfg: DictConfig, lm: LatentLM, data: LRTDataModule, run_dir: Path
+) -> list[dict]:
     """Accuracy and tokens of each mode on the same held-out questions."""
-    records = load_split(
-        cfg.data.task,
-        split_config(cfg.data.test, "test"),
-        cfg.data.on_error,
-        dict(cfg.data.get("options") or {}),
-    )
     prompt = PromptConfig(**dict(cfg.data.prompt))
+    records = data.prompt_limit.apply(
+        load_split(
+            cfg.data.task,
+            split_config(cfg.data.test, "test"),
+            cfg.data.on_error,
+            dict(cfg.data.get("options") or {}),
+        ),
+        lm.tokenizer,
+        prompt,
+        lm.backbone.config.system_prompt,
+        "data.test",
+    )
     decode = DecodeConfig(max_answer_tokens=cfg.final_eval.max_answer_tokens)
     rows = []
     for mode in cfg.final_eval.modes:
@@ -110,6 +194,9 @@ def train(cfg: DictConfig) -> Path:
     """Run one training job; returns its run folder."""
     validate_train(cfg)
     run_dir = resolve_run_dir(cfg)
+    check_run_dir(run_dir, cfg.guard.min_free_gb)
+    ckpt_dir = run_dir / "checkpoints"
+    resume = resume_path(cfg, ckpt_dir)
     L.seed_everything(cfg.seed, workers=True)
     backbone = backbone_from(cfg)
     init = cfg.get("init_from")
@@ -121,18 +208,18 @@ def train(cfg: DictConfig) -> Path:
         backbone.config.system_prompt,
         cfg.stage.batch_size,
         seed=cfg.seed,
+        prompt_budget=prompt_budget(cfg, lm),
     )
     module = build_stage(cfg, lm)
-    ckpt_dir = run_dir / "checkpoints"
+    stopper = StopOnSignal(ckpt_dir / "last.ckpt")
+    loggers = build_loggers(cfg.get("logger"), str(run_dir))
+    # ReasonerExport before PeriodicCheckpoint: a checkpoint after validation holds its "best".
     callbacks = [
-        ModelCheckpoint(
-            dirpath=ckpt_dir,
-            every_n_train_steps=cfg.stage.checkpoint_every_n_steps,
-            save_last=True,
-            save_top_k=0,
-        ),
         ReasonerExport(run_dir / "reasoner"),
+        PeriodicCheckpoint(ckpt_dir / "last.ckpt", cfg.stage.checkpoint_every_n_steps),
         RankConsistencyCheck(),
+        stopper,
+        KeepMetricsOnResume(loggers),
     ]
     trainer_kwargs = trainer_arguments(cfg, module, lm)
     trainer = L.Trainer(
@@ -140,19 +227,32 @@ def train(cfg: DictConfig) -> Path:
         # Lightning counts validation intervals in batches; GRPO takes num_iterations steps each.
         val_check_interval=cfg.stage.val_every_n_steps // cfg.stage.get("num_iterations", 1),
         check_val_every_n_epoch=None,
-        logger=build_loggers(cfg.get("logger"), str(run_dir)),
+        logger=loggers,
         callbacks=callbacks,
+        enable_checkpointing=False,  # PeriodicCheckpoint writes them
         default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO()],
         **trainer_kwargs,
-    )
-    resume = cfg.get("ckpt_path") or (
-        str(ckpt_dir / "last.ckpt") if (ckpt_dir / "last.ckpt").exists() else None
     )
     if resume:
         log.info("resuming from %s", resume)
-    trainer.fit(module, datamodule=data, ckpt_path=resume)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+    except SIGTERMException:
+        assert stopper.received is not None
+        raise Stopped(
+            stopper.received,
+            f"{stopper.received.name} at step {trainer.global_step}: {stopper.checkpoint} "
+            "written; run the same command to resume",
+        ) from None
+    if stopper.received is not None and cfg.final_eval.enabled:  # came in the last batch
+        raise Stopped(
+            stopper.received,
+            f"{stopper.received.name} after the last step; run the same command for the "
+            "final evaluation",
+        )
     if cfg.final_eval.enabled and trainer.is_global_zero:
-        final_comparison(cfg, lm, run_dir)
+        final_comparison(cfg, lm, data, run_dir)
     return run_dir
 
 
@@ -163,6 +263,10 @@ def main(cfg: DictConfig) -> None:
     except LrtError as err:
         log.error("%s", err)
         sys.exit(f"error: {err}")
+    except Stopped as stop:
+        log.warning("%s", stop)
+        print(f"stopped: {stop}", file=sys.stderr)
+        sys.exit(128 + stop.signum)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from lrt.backbone import backbone_config
+from lrt.data.datamodule import PromptLimit
 from lrt.data.prompts import PromptConfig
 from lrt.data.tasks import TASKS
 from lrt.errors import ConfigError
@@ -33,6 +34,19 @@ def validate_data(cfg: DictConfig) -> None:
         if split in cfg.data:
             check_path(f"data.{split}.path", cfg.data[split].get("path"))
     PromptConfig(**dict(cfg.data.prompt))
+    PromptLimit.from_config(cfg.data, None)
+
+
+def validate_guard(guard: DictConfig) -> None:
+    """`guard.skip_nonfinite` and `guard.min_free_gb` (see conf/train.yaml)."""
+    unknown = sorted(set(guard) - {"skip_nonfinite", "min_free_gb"})
+    if unknown:
+        raise ConfigError(f"unknown key 'guard.{unknown[0]}'")
+    skips = guard.skip_nonfinite
+    if isinstance(skips, bool) or not isinstance(skips, int) or skips < 0:
+        raise ConfigError(f"guard.skip_nonfinite={skips} must be a non-negative integer")
+    if not isinstance(guard.min_free_gb, int | float) or guard.min_free_gb < 0:
+        raise ConfigError(f"guard.min_free_gb={guard.min_free_gb} must be a number >= 0")
 
 
 def validate_train(cfg: DictConfig) -> None:
@@ -52,3 +66,12 @@ def validate_train(cfg: DictConfig) -> None:
         from lrt.training.grpo import grpo_settings
 
         grpo_settings(OmegaConf.to_container(cfg.stage, resolve=True))
+    validate_guard(cfg.guard)
+    if cfg.final_eval.enabled:
+        from lrt.evaluation import parse_mode
+
+        for mode in cfg.final_eval.modes:
+            try:
+                parse_mode(mode)
+            except ConfigError as err:
+                raise ConfigError(f"final_eval.{err}") from None

@@ -288,7 +288,9 @@ def test_invalid_settings_name_their_key(compose_train) -> None:
         GRPOConfig(learn_sigma=True, sigma_min=0.5)
     with pytest.raises(ConfigError, match="unknown key 'stage.sigma'"):
         GRPOConfig.from_dict({"sigma": 0.3})
-    stage = OmegaConf.to_container(compose_train("stage=grpo", "stage.num_iterations=3").stage)
+    stage = OmegaConf.to_container(
+        compose_train("stage=grpo", "stage.num_iterations=3", "stage.max_steps=100").stage
+    )
     with pytest.raises(ConfigError, match="stage.max_steps=100 must be a multiple of stage"):
         grpo_settings(stage)
     assert grpo_settings(OmegaConf.to_container(compose_train("stage=grpo").stage)).loss_type == (

@@ -53,7 +53,7 @@ def test_three_steps_write_checkpoint_and_reasoner(tmp_path: Path) -> None:
     # Same command, more steps: resumes from last.ckpt in the run folder.
     result = run_train(*TINY, "stage.max_steps=5", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "resuming from" in result.stderr
+    assert "resuming from" in result.stdout + result.stderr  # Hydra's job log goes to stdout
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 5
 
@@ -106,8 +106,8 @@ def test_every_shipped_config_composes(compose_train) -> None:
             validate_train(compose_train(f"{group}={option}"))
 
 
-def test_cli_error_is_one_line() -> None:
-    result = run_train("model=tiny_random", "reasoner.num_latents=-3")
+def test_cli_error_is_one_line(tmp_path: Path) -> None:
+    result = run_train("model=tiny_random", "reasoner.num_latents=-3", f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
         "error: reasoner.num_latents=-3 must be a positive integer"
@@ -119,7 +119,12 @@ def test_loading_init_from_for_another_base_fails(tmp_path: Path) -> None:
         num_latents=2, width=8, heads=2, base_model="other", base_hidden_size=64
     )
     Reasoner(config).save_pretrained(tmp_path / "r")
-    result = run_train("model=tiny_random", f"init_from={tmp_path / 'r'}", "stage.max_steps=1")
+    result = run_train(
+        "model=tiny_random",
+        f"init_from={tmp_path / 'r'}",
+        "stage.max_steps=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert result.returncode != 0
     assert "was trained for base model 'other', not 'tiny-random-qwen3'" in result.stderr
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import lightning as L
@@ -35,7 +35,118 @@ def split_config(raw: Mapping[str, Any], key: str) -> SplitConfig:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown key 'data.{key}.{unknown[0]}'")
+    limit = raw.get("limit")
+    if not _positive_int_or_none(limit):
+        raise ConfigError(f"data.{key}.limit={limit} must be a positive integer or null")
     return SplitConfig(**raw)
+
+
+def _positive_int_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
+
+
+LONG_PROMPT_POLICIES = ("error", "truncate")
+
+
+@dataclass
+class PromptLimit:
+    """How long a chat-templated prompt may be (`data.max_prompt_tokens`, capped by what fits in
+    the model's context) and what to do with a longer one (`data.on_long_prompt`)."""
+
+    max_tokens: int | None = None
+    on_long: str = "error"
+    why: str = "data.max_prompt_tokens"
+    """Where the limit comes from, for messages."""
+
+    @classmethod
+    def from_config(cls, data_cfg: Mapping[str, Any], budget: int | None) -> PromptLimit:
+        """`budget`: prompt tokens the model's context leaves room for (None: no limit known)."""
+        on_long = str(data_cfg.get("on_long_prompt", "error"))
+        if on_long not in LONG_PROMPT_POLICIES:
+            raise ConfigError(
+                f"data.on_long_prompt={on_long!r} is not one of {LONG_PROMPT_POLICIES}"
+            )
+        wanted = data_cfg.get("max_prompt_tokens")
+        if not _positive_int_or_none(wanted):
+            raise ConfigError(f"data.max_prompt_tokens={wanted} must be a positive integer or null")
+        if wanted is not None and budget is not None and wanted > budget:
+            raise ConfigError(
+                f"data.max_prompt_tokens={wanted} does not fit in the model's context, which "
+                f"leaves {budget} tokens for the prompt"
+            )
+        if wanted is not None:
+            return cls(wanted, on_long, f"data.max_prompt_tokens={wanted}")
+        return cls(budget, on_long, "what the model's context leaves after latents and answer")
+
+    def apply(
+        self,
+        records: Sequence[Record],
+        tokenizer: PreTrainedTokenizerBase,
+        prompt: PromptConfig,
+        system: str | None,
+        where: str,
+    ) -> list[Record]:
+        """The records, each prompt within the limit: an error naming the first one that is not,
+        or (truncate) its question cut from the start, which keeps the ask at its end."""
+        if self.max_tokens is None:
+            return list(records)
+        texts = [format_prompt(tokenizer, r, prompt, system) for r in records]
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False).input_ids]
+        out: list[Record] = []
+        cut = 0
+        for record, n in zip(records, lengths, strict=True):
+            if n <= self.max_tokens:
+                out.append(record)
+                continue
+            if self.on_long == "error":
+                raise DataError(
+                    f"{where}: record {record.id!r} has a {n}-token prompt, over the limit of "
+                    f"{self.max_tokens} ({self.why}); data.on_long_prompt=truncate cuts such "
+                    "questions"
+                )
+            out.append(self._truncate(record, n, tokenizer, prompt, system, where))
+            cut += 1
+        if cut:
+            log.warning(
+                "%s: %d of %d prompts were longer than %d tokens; their questions were cut "
+                "(data.on_long_prompt=truncate)",
+                where,
+                cut,
+                len(records),
+                self.max_tokens,
+            )
+        return out
+
+    def _truncate(
+        self,
+        record: Record,
+        n: int,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt: PromptConfig,
+        system: str | None,
+        where: str,
+    ) -> Record:
+        assert self.max_tokens is not None
+        ids = tokenizer(record.question, add_special_tokens=False).input_ids
+        keep = len(ids)
+        # Re-tokenising the cut text can merge tokens differently: cut again until it fits.
+        while n > self.max_tokens:
+            keep -= n - self.max_tokens
+            if keep <= 0:
+                raise DataError(
+                    f"{where}: record {record.id!r} does not fit in {self.max_tokens} prompt "
+                    f"tokens ({self.why}) even with its question cut entirely"
+                )
+            record = replace(record, question=tokenizer.decode(ids[len(ids) - keep :]))
+            n = _prompt_tokens(tokenizer, record, prompt, system)
+        return record
+
+
+def _prompt_tokens(
+    tokenizer: PreTrainedTokenizerBase, record: Record, prompt: PromptConfig, system: str | None
+) -> int:
+    text = format_prompt(tokenizer, record, prompt, system)
+    return len(tokenizer(text, add_special_tokens=False).input_ids)
 
 
 def load_split(
@@ -128,7 +239,21 @@ class StepBatchSampler(Sampler[list[int]]):
             yield self.batch(step * self.world_size + self.rank)
 
     def __len__(self) -> int:
-        return max(0, self.stop - self.start)
+        """The whole run's batch count, not what is left: Lightning counts the run as one epoch
+        and, on resume, restores how many of its batches are done; a shorter length would end
+        that epoch early and replay this sampler from `start`."""
+        return self.stop
+
+
+class StepDataLoader(DataLoader):
+    """A DataLoader over a `StepBatchSampler`, which resumes from the restored step with no state
+    of its own; saying so (empty state) stops Lightning warning that it cannot resume."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: the sampler is rebuilt from `batches_done()`."""
 
 
 class LRTDataModule(L.LightningDataModule):
@@ -141,7 +266,9 @@ class LRTDataModule(L.LightningDataModule):
         system_prompt: str | None,
         batch_size: int,
         seed: int = 0,
+        prompt_budget: int | None = None,
     ) -> None:
+        """`prompt_budget`: prompt tokens the model's context leaves room for (None: unknown)."""
         super().__init__()
         self.task = str(data_cfg["task"])
         self.options = dict(data_cfg.get("options") or {})
@@ -149,6 +276,7 @@ class LRTDataModule(L.LightningDataModule):
         self.train_cfg = split_config(data_cfg["train"], "train")
         self.val_cfg = split_config(data_cfg["val"], "val")
         self.prompt = PromptConfig(**dict(data_cfg["prompt"]))
+        self.prompt_limit = PromptLimit.from_config(data_cfg, prompt_budget)
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
         self.batch_size = batch_size
@@ -159,8 +287,16 @@ class LRTDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        train = load_split(self.task, self.train_cfg, self.on_error, self.options)
-        val = load_split(self.task, self.val_cfg, self.on_error, self.options)
+        train, val = (
+            self.prompt_limit.apply(
+                load_split(self.task, split, self.on_error, self.options),
+                self.tokenizer,
+                self.prompt,
+                self.system_prompt,
+                f"data.{key}" + (f" ({split.path})" if split.path else ""),
+            )
+            for key, split in (("train", self.train_cfg), ("val", self.val_cfg))
+        )
         self.train_set = PromptDataset(train, self.tokenizer, self.prompt, self.system_prompt)
         self.val_set = PromptDataset(val, self.tokenizer, self.prompt, self.system_prompt)
         log.info("%s: %d train and %d validation records", self.task, len(train), len(val))
@@ -186,7 +322,7 @@ class LRTDataModule(L.LightningDataModule):
             module.batches_done(),
             module.total_batches(),
         )
-        return DataLoader(
+        return StepDataLoader(
             self.train_set, batch_sampler=sampler, collate_fn=Collator(self.tokenizer)
         )
 
