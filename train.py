@@ -23,7 +23,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lrt.build import backbone_from, load_reasoner, new_reasoner, read_checkpoint
 from lrt.config import validate_train
@@ -213,6 +213,8 @@ def train(cfg: DictConfig) -> Path:
     module = build_stage(cfg, lm)
     stopper = StopOnSignal(ckpt_dir / "last.ckpt")
     loggers = build_loggers(cfg.get("logger"), str(run_dir))
+    for logger in loggers:  # the resolved config travels with the run (wandb, hparams.yaml)
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     # ReasonerExport before PeriodicCheckpoint: a checkpoint after validation holds its "best".
     callbacks = [
         ReasonerExport(run_dir / "reasoner"),
