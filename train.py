@@ -213,8 +213,6 @@ def train(cfg: DictConfig) -> Path:
     module = build_stage(cfg, lm)
     stopper = StopOnSignal(ckpt_dir / "last.ckpt")
     loggers = build_loggers(cfg.get("logger"), str(run_dir))
-    for logger in loggers:  # the resolved config travels with the run (wandb, hparams.yaml)
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     # ReasonerExport before PeriodicCheckpoint: a checkpoint after validation holds its "best".
     callbacks = [
         ReasonerExport(run_dir / "reasoner"),
@@ -224,6 +222,9 @@ def train(cfg: DictConfig) -> Path:
         KeepMetricsOnResume(loggers),
     ]
     trainer_kwargs = trainer_arguments(cfg, module, lm)
+    # After KeepMetricsOnResume has read metrics.csv: the CSV logger's first write replaces it.
+    for logger in loggers:  # the resolved config travels with the run (wandb, hparams.yaml)
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer = L.Trainer(
         max_steps=cfg.stage.max_steps,
         # Lightning counts validation intervals in batches; GRPO takes num_iterations steps each.

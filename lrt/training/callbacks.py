@@ -139,6 +139,10 @@ class PeriodicCheckpoint(L.Callback):
         self.every_n_steps = every_n_steps
 
     def _save(self, trainer: L.Trainer) -> None:
+        # Flush the loggers first: rows logged up to this checkpoint must survive a SIGKILL, or
+        # a resumed run's metrics.csv would miss them (the CSV logger buffers 100 steps).
+        for logger in trainer.loggers:
+            logger.save()
         trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_train_batch_end(
