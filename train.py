@@ -139,10 +139,11 @@ def trainer_arguments(cfg: DictConfig, module, lm: LatentLM) -> dict:
 
         from lrt.reasoner import ReasonerBlock
 
-        layer = type(lm.base.get_decoder().layers[0])
-        kwargs["strategy"] = FSDPStrategy(
-            auto_wrap_policy={layer, ReasonerBlock}, use_orig_params=True
-        )
+        layers = {type(lm.base.get_decoder().layers[0]), ReasonerBlock}
+        body = getattr(lm.reasoner, "body", None)  # arch=pretrained: its own decoder layers
+        if body is not None:
+            layers.add(type(body.layers[0]))
+        kwargs["strategy"] = FSDPStrategy(auto_wrap_policy=layers, use_orig_params=True)
     return kwargs
 
 

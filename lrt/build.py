@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from lrt.backbone import Backbone, backbone_config, load_backbone
 from lrt.errors import CheckpointError
-from lrt.reasoner import Reasoner, ReasonerConfig, build_reasoner
+from lrt.reasoner import Reasoner, ReasonerConfig, build_reasoner, reasoner_for
 
 
 def backbone_from(cfg: DictConfig) -> Backbone:
@@ -21,7 +21,11 @@ def backbone_from(cfg: DictConfig) -> Backbone:
 
 def new_reasoner(cfg: DictConfig, backbone: Backbone) -> Reasoner:
     return build_reasoner(
-        dict(cfg.reasoner), backbone.name, backbone.hidden_size, backbone.embedding_rms()
+        dict(cfg.reasoner),
+        backbone.name,
+        backbone.hidden_size,
+        backbone.embedding_rms(),
+        base=backbone.model,
     )
 
 
@@ -78,7 +82,7 @@ def reasoner_from_checkpoint(path: Path, backbone: Backbone) -> Reasoner:
         raise CheckpointError(
             f"{path} was trained for base model {meta['base_model']!r}, not {backbone.name!r}"
         )
-    reasoner = Reasoner(ReasonerConfig.from_dict(meta["reasoner_config"], where=str(path)))
+    reasoner = reasoner_for(ReasonerConfig.from_dict(meta["reasoner_config"], where=str(path)))
     prefix = "lm.reasoner."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     try:

@@ -25,6 +25,32 @@ def check_path(key: str, value: str | None) -> None:
         raise ConfigError(f"{key}={value} does not exist")
 
 
+def validate_reasoner(raw: DictConfig) -> None:
+    """The `reasoner` group; a pretrained body's `init_from` must exist when it is a path."""
+    config = ReasonerConfig.from_dict(dict(raw))
+    source = config.init_from
+    if config.arch != "pretrained" or source in (None, "base"):
+        return
+    looks_local = source.endswith(".gguf") or source.startswith(("/", ".", "~"))
+    if looks_local and not Path(source).expanduser().exists():
+        raise ConfigError(f"reasoner.init_from={source} does not exist")
+
+
+def check_split_task(task: str, split: str, other: str | None) -> None:
+    """A split borrowed from another task must exist and be graded the same way."""
+    if other is None:
+        return
+    if other not in TASKS:
+        raise ConfigError(
+            f"data.{split}.task={other!r} is not a known task ({', '.join(sorted(TASKS))})"
+        )
+    if TASKS[other].grader != TASKS[task].grader:
+        raise ConfigError(
+            f"data.{split}.task={other!r} is graded as {TASKS[other].grader!r}, but "
+            f"data.task={task!r} as {TASKS[task].grader!r}"
+        )
+
+
 def validate_data(cfg: DictConfig) -> None:
     if cfg.data.task not in TASKS:
         raise ConfigError(
@@ -54,7 +80,7 @@ def validate_train(cfg: DictConfig) -> None:
     if cfg.stage.name not in STAGES:
         raise ConfigError(f"stage.name={cfg.stage.name!r} is not one of {STAGES}")
     backbone_config(cfg.model)
-    ReasonerConfig.from_dict(dict(cfg.reasoner))
+    validate_reasoner(cfg.reasoner)
     validate_data(cfg)
     check_path("ckpt_path", cfg.get("ckpt_path"))
     check_path("init_from", cfg.get("init_from"))

@@ -174,11 +174,14 @@ class LatentLM(nn.Module):
         latents: torch.Tensor | None,
         answer_ids: torch.Tensor,
         answer_mask: torch.Tensor,
+        temperature: float = 1.0,
     ) -> torch.Tensor:
         """Per-token log p(answer | prompt, markers, Z), shape [B, m] (0 where padded).
 
         Consumes `prefix.cache` (it is extended in place); use `prefix.fork()` to keep it.
-        Gradients flow into `latents` only: the base's weights are frozen.
+        Gradients flow into `latents` only: the base's weights are frozen. `temperature`
+        divides the logits first, giving the log-probs of the distribution answers were
+        sampled from (TRL's convention for sampled completions).
         """
         b = answer_ids.shape[0]
         think = self.thinking_embeds(latents, b)
@@ -189,6 +192,8 @@ class LatentLM(nn.Module):
         # the close marker's last position: keep the last m+1 positions and drop the final one.
         logits, _ = self._forward_suffix(prefix, embeds, suffix_mask, logits_to_keep=m + 1)
         pred = logits[:, :m].float()
+        if temperature != 1.0:
+            pred = pred / temperature
         logp = torch.log_softmax(pred, dim=-1).gather(-1, answer_ids.unsqueeze(-1)).squeeze(-1)
         return logp * answer_mask
 

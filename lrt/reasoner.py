@@ -1,7 +1,13 @@
 """The reasoning network G_phi: question hidden states in, K latent vectors out, one pass.
 
-K learned queries read the frozen base's hidden states through cross-attention (DESIGN.md
-section 1, step 2). The output goes through an RMS norm whose gain starts at the base's mean
+Two architectures share one config, one save format and one base-model check:
+
+- `query` (our default, DESIGN.md section 1, step 2): K learned queries read the frozen base's
+  hidden states through cross-attention, in a small randomly initialised network.
+- `pretrained` (the paper's, DESIGN.md section 4): a pretrained transformer body with its token
+  embedding dropped, fed through `f_in` and read out through `f_out` (`lrt.pretrained_reasoner`).
+
+Either way the output goes through an RMS norm whose gain starts at the base's mean
 token-embedding RMS, so the latents enter the base at the scale of the inputs it was trained on.
 """
 
@@ -10,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -18,8 +24,13 @@ from torch import nn
 
 from lrt.errors import CheckpointError, ConfigError
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+ARCHS = ("query", "pretrained")
+LAYOUTS = ("hadamard", "concat")
 
 
 @dataclass
@@ -35,6 +46,17 @@ class ReasonerConfig:
     source_layer: int = -1
     """Which hidden-state layer of the base to read (-1: last layer, 0: embeddings)."""
     arch: str = "query"
+    init_from: str | None = None
+    """`pretrained` only: where the body's weights come from: `base` (the frozen base's own
+    weights), a hub id, a local folder, or a `.gguf` file."""
+    layout: str = "hadamard"
+    """`pretrained` only: `hadamard` (f_in(h_last) * r_i, one input per latent) or `concat`
+    (f_in(H) of every prompt token, then the r_i; the last K outputs are the latents)."""
+    num_layers: int | None = None
+    """`pretrained` only: keep the body's first `num_layers` layers (null: all of them)."""
+    body_config: dict[str, Any] | None = None
+    """`pretrained` only: the body's transformers config, recorded when the weights are first
+    loaded so a saved reasoner rebuilds without going back to `init_from`."""
     base_model: str = ""
     base_hidden_size: int = 0
     embed_rms: float = 1.0
@@ -49,8 +71,20 @@ class ReasonerConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"reasoner.dropout={self.dropout} must be in [0, 1)")
-        if self.arch != "query":
-            raise ConfigError(f"reasoner.arch={self.arch!r} is not one of ('query',)")
+        if self.arch not in ARCHS:
+            raise ConfigError(f"reasoner.arch={self.arch!r} is not one of {ARCHS}")
+        if self.arch == "pretrained":
+            if self.layout not in LAYOUTS:
+                raise ConfigError(f"reasoner.layout={self.layout!r} is not one of {LAYOUTS}")
+            if self.num_layers is not None and int(self.num_layers) <= 0:
+                raise ConfigError(
+                    f"reasoner.num_layers={self.num_layers} must be a positive integer or null"
+                )
+            if not self.init_from and self.body_config is None:
+                raise ConfigError(
+                    "reasoner.init_from must name the pretrained body (base, a hub id, a folder "
+                    "or a .gguf file) when reasoner.arch='pretrained'"
+                )
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "reasoner") -> ReasonerConfig:
@@ -99,39 +133,23 @@ class ReasonerBlock(nn.Module):
 
 
 class Reasoner(nn.Module):
-    """G_phi: `(H [B, n, d], mask [B, n]) -> Z [B, K, d]`."""
+    """G_phi: `(H [B, n, d], mask [B, n]) -> Z [B, K, d]`; what every architecture shares.
+
+    Subclasses build the network from `config` and implement `forward`; saving, loading and the
+    check that a reasoner is loaded onto the base it was trained for live here.
+    """
+
+    config: ReasonerConfig
 
     def __init__(self, config: ReasonerConfig) -> None:
         super().__init__()
         if config.base_hidden_size <= 0:
             raise ConfigError("reasoner.base_hidden_size must be set from the base model")
         self.config = config
-        d, w = config.base_hidden_size, config.width
-        # Last-layer states of LLMs carry a few huge outlier dimensions; normalise before f_in.
-        self.in_norm = RMSNorm(d)
-        self.f_in = nn.Linear(d, w)
-        self.queries = nn.Parameter(torch.randn(config.num_latents, w) * 0.02)
-        self.blocks = nn.ModuleList(
-            ReasonerBlock(w, config.heads, config.mlp_ratio, config.dropout)
-            for _ in range(config.depth)
-        )
-        self.final_norm = nn.LayerNorm(w)
-        self.f_out = nn.Linear(w, d)
-        nn.init.normal_(self.f_out.weight, std=0.02)
-        nn.init.zeros_(self.f_out.bias)
-        self.out_norm = RMSNorm(d, init_gain=config.embed_rms)
 
     @property
     def num_latents(self) -> int:
         return self.config.num_latents
-
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        memory = self.f_in(self.in_norm(hidden.to(self.f_in.weight.dtype)))
-        q = self.queries.unsqueeze(0).expand(hidden.shape[0], -1, -1)
-        pad = ~mask.bool()
-        for block in self.blocks:
-            q = block(q, memory, pad)
-        return self.out_norm(self.f_out(self.final_norm(q)))
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write `config.json` and `model.safetensors` (no pickle, loadable anywhere)."""
@@ -149,7 +167,7 @@ class Reasoner(nn.Module):
         base_model: str | None = None,
         base_hidden_size: int | None = None,
     ) -> Reasoner:
-        """Load a saved reasoner; refuse one built for another base model."""
+        """Load a saved reasoner of either architecture; refuse one built for another base."""
         directory = Path(directory)
         config = read_config(directory)
         if base_model is not None and config.base_model != base_model:
@@ -162,7 +180,7 @@ class Reasoner(nn.Module):
                 f"reasoner {directory} was trained for a base of hidden size "
                 f"{config.base_hidden_size}, not {base_hidden_size}"
             )
-        model = cls(config)
+        model = reasoner_for(config)
         try:
             state = load_file(directory / WEIGHTS_NAME)
         except Exception as err:  # safetensors raises several types for a damaged file
@@ -178,6 +196,50 @@ class Reasoner(nn.Module):
         return model
 
 
+class QueryReasoner(Reasoner):
+    """K learned queries cross-attending to the base's hidden states (`arch: query`)."""
+
+    def __init__(self, config: ReasonerConfig) -> None:
+        super().__init__(config)
+        d, w = config.base_hidden_size, config.width
+        # Last-layer states of LLMs carry a few huge outlier dimensions; normalise before f_in.
+        self.in_norm = RMSNorm(d)
+        self.f_in = nn.Linear(d, w)
+        self.queries = nn.Parameter(torch.randn(config.num_latents, w) * 0.02)
+        self.blocks = nn.ModuleList(
+            ReasonerBlock(w, config.heads, config.mlp_ratio, config.dropout)
+            for _ in range(config.depth)
+        )
+        self.final_norm = nn.LayerNorm(w)
+        self.f_out = nn.Linear(w, d)
+        nn.init.normal_(self.f_out.weight, std=0.02)
+        nn.init.zeros_(self.f_out.bias)
+        self.out_norm = RMSNorm(d, init_gain=config.embed_rms)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        memory = self.f_in(self.in_norm(hidden.to(self.f_in.weight.dtype)))
+        q = self.queries.unsqueeze(0).expand(hidden.shape[0], -1, -1)
+        pad = ~mask.bool()
+        for block in self.blocks:
+            q = block(q, memory, pad)
+        return self.out_norm(self.f_out(self.final_norm(q)))
+
+
+def reasoner_for(config: ReasonerConfig, base: PreTrainedModel | None = None) -> Reasoner:
+    """A reasoner of `config.arch`; a new `pretrained` one loads its body from `init_from`.
+
+    `base` is the frozen base model, needed only for `init_from: base`. A config that already
+    records its `body_config` (a saved reasoner) rebuilds the body without loading weights.
+    """
+    if config.arch == "query":
+        return QueryReasoner(config)
+    from lrt.pretrained_reasoner import PretrainedReasoner
+
+    if config.body_config is not None:
+        return PretrainedReasoner(config)
+    return PretrainedReasoner.initialise(config, base)
+
+
 def read_config(directory: str | Path) -> ReasonerConfig:
     """Read a reasoner folder's `config.json` with a clear error when it is missing or damaged."""
     path = Path(directory) / CONFIG_NAME
@@ -191,10 +253,17 @@ def read_config(directory: str | Path) -> ReasonerConfig:
 
 
 def build_reasoner(
-    raw: dict[str, Any], base_model: str, hidden_size: int, embed_rms: float
+    raw: dict[str, Any],
+    base_model: str,
+    hidden_size: int,
+    embed_rms: float,
+    base: PreTrainedModel | None = None,
 ) -> Reasoner:
-    """Build a fresh reasoner from the `reasoner` config group for a given base."""
+    """Build a fresh reasoner from the `reasoner` config group for a given base.
+
+    `base` (the frozen base model) is what `arch: pretrained` with `init_from: base` copies.
+    """
     config = ReasonerConfig.from_dict(
         {**raw, "base_model": base_model, "base_hidden_size": hidden_size, "embed_rms": embed_rms}
     )
-    return Reasoner(config)
+    return reasoner_for(config, base)

@@ -60,3 +60,15 @@ def compose_train() -> Callable[..., DictConfig]:
             return compose(config_name=config_name, overrides=list(overrides))
 
     return _compose
+
+
+@pytest.fixture(scope="session")
+def train_script():
+    """`train.py` as a module, so a test can run `train(cfg)` in-process (no interpreter start)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

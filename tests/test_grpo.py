@@ -1,5 +1,6 @@
-"""Latent-space GRPO: the loss against its formulas, REINFORCE at one iteration, batched rollouts,
-the KL, learned sigma, resumable noise, and `train.py stage=grpo` end to end."""
+"""GRPO: the loss against its formulas, REINFORCE at one iteration, batched rollouts, the KL,
+learned sigma, resumable noise; answer-token exploration (the paper's) against a direct
+transcription of its gradient; and `train.py stage=grpo` end to end."""
 
 from __future__ import annotations
 
@@ -296,6 +297,153 @@ def test_invalid_settings_name_their_key(compose_train) -> None:
     assert grpo_settings(OmegaConf.to_container(compose_train("stage=grpo").stage)).loss_type == (
         "grpo"
     )
+
+
+# --- answer-token exploration (the paper's Algorithm 1) -----------------------------------------
+
+
+def direct_answer_logprob(
+    lm: LatentLM, prompt: str, z: torch.Tensor, answer: list[int]
+) -> torch.Tensor:
+    """log p(answer | prompt, Z) from one full-sequence pass over [prompt, open, Z, close,
+    answer] embeddings, no cache: an independent transcription of the policy's log-prob."""
+    ids = torch.tensor([lm.tokenizer(prompt, add_special_tokens=False).input_ids])
+    embed = lm.backbone.embed
+    answer_ids = torch.tensor([answer])
+    seq = torch.cat(
+        [
+            embed(ids),
+            embed(lm.open_ids)[None],
+            z[None],
+            embed(lm.close_ids)[None],
+            embed(answer_ids),
+        ],
+        dim=1,
+    )
+    logits = lm.base(inputs_embeds=seq).logits[0, -len(answer) - 1 : -1].float()
+    return torch.log_softmax(logits, -1).gather(-1, answer_ids[0, :, None]).sum()
+
+
+def answer_module(backbone: Backbone, **settings) -> GRPOModule:
+    return make_module(backbone, **{"exploration": "answer", "temperature": 1.0, **settings})
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_answer_exploration_gradient_is_reinforce_through_the_base(
+    backbone: Backbone, loss_type: str
+) -> None:
+    """With num_iterations=1 and beta=0, d loss / dZ is the gradient of
+    -sum_i w_i A_i log p(answer_i | Z) (w_i the loss type's weight); the base gets no gradient,
+    and a group with equal rewards none either."""
+    module = answer_module(backbone, loss_type=loss_type)
+    ro = rollout(module)
+    lengths = ro.answer_mask.sum(1)
+    assert len({tuple(t) for t in ro.generation.token_ids}) > 2, "answers must be sampled"
+    ro.advantages = group_advantages(torch.tensor([1.0, 0, 0, 1, 1, 1, 1, 1]), G)
+    z = module._latents(module.reasoner, ro).detach().requires_grad_()
+    module._latents = lambda reasoner, rollout: z  # type: ignore[method-assign]
+    loss, stats = module.loss(ro)
+    loss.backward()
+    assert stats["clip_frac"] == 0
+    assert all(p.grad is None for p in module.lm.base.parameters()), "the base got a gradient"
+
+    n = len(RECORDS) * G
+    weight = {
+        "grpo": 1 / (n * lengths.float()),
+        "bnpo": torch.full((n,), 1 / float(lengths.sum())),
+        "dr_grpo": torch.full((n,), 1 / (n * module.settings.max_answer_tokens)),
+    }[loss_type]
+    z2 = z.detach().clone().requires_grad_()
+    texts = prompts(module.lm)
+    surrogate = -sum(
+        weight[i]
+        * ro.advantages[i]
+        * direct_answer_logprob(module.lm, texts[i // G], z2[i], ro.generation.token_ids[i])
+        for i in range(n)
+    )
+    surrogate.backward()
+    torch.testing.assert_close(z.grad, z2.grad, rtol=1e-4, atol=1e-7)
+    assert z.grad[:G].abs().sum() > 0
+    assert (z.grad[G:] == 0).all(), "the equal-reward group moved the latents"
+
+
+def test_answer_exploration_equal_rewards_and_kl(backbone: Backbone) -> None:
+    module = answer_module(backbone, beta=0.5)
+    ro = rollout(module)
+    ro.advantages = group_advantages(torch.tensor([1.0] * G + [0.0] * G), G)
+    loss, stats = module.loss(ro)
+    assert 0 <= stats["kl"] < 1e-6  # the reference is the starting reasoner
+    loss.backward()
+    grads = [p.grad for p in module.reasoner.parameters() if p.grad is not None]
+    assert grads and all(g.abs().max() < 1e-6 for g in grads)
+    with torch.no_grad():
+        module.reasoner.f_out.bias.add_(0.05)
+    _, stats = module.loss(ro)
+    logp = module._answer_logprobs(ro, module._latents(module.reasoner, ro))
+    delta = ro.ref_answer_logp - logp
+    k3 = ((delta.exp() - delta - 1) * ro.answer_mask).sum() / ro.answer_mask.sum()
+    torch.testing.assert_close(stats["kl"], k3.detach())
+    assert stats["kl"] > 0
+
+
+def test_answer_logprobs_match_the_sampling_pass(backbone: Backbone) -> None:
+    """The teacher-forced log-probs (the policy) equal those of the tokens as they were sampled:
+    the old log-probs of a second iteration make a ratio of exactly 1 at the first."""
+    module = answer_module(backbone, num_iterations=2)  # T=1: the decoder scores untempered
+    ro = rollout(module)
+    assert ro.old_answer_logp is not None
+    sampled = ro.generation.mean_logprob * torch.tensor(ro.generation.num_generated)
+    taught = (ro.old_answer_logp * ro.answer_mask).sum(1)
+    eos = torch.tensor([t[-1] in module.lm.eos_ids for t in ro.generation.token_ids])
+    # The decoder's confidence leaves out the EOS token; compare rows that never stopped.
+    torch.testing.assert_close(taught[~eos], sampled[~eos], rtol=1e-4, atol=1e-4)
+    loss, stats = module.loss(ro)
+    assert stats["clip_frac"] == 0
+
+
+def test_both_exploration_adds_the_latent_and_answer_terms(backbone: Backbone) -> None:
+    """Each sample's log-prob is its latent term (Z held fixed) plus its answer term (Z moved
+    with the means, its noise held fixed): the gradient matches that transcription."""
+    module = make_module(backbone, exploration="both", temperature=1.0)
+    ro = rollout(module)
+    assert ro.noise is not None and ro.answer_ids is not None
+    ro.advantages = group_advantages(torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 0]), G)
+    params = list(module.reasoner.parameters())
+    loss, _ = module.loss(ro)
+    got = torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+
+    mu = module._means(module.reasoner, ro.prefix).repeat_interleave(G, 0)
+    sigma = module.sigma()
+    z = mu + sigma * ro.noise
+    tokens = module.reasoner.num_latents + ro.answer_mask.sum(1)  # grpo: a sample's mean
+    texts = prompts(module.lm)
+    terms = [
+        ro.advantages[i]
+        * (
+            gaussian_logprob(ro.latents[i : i + 1], mu[i : i + 1], sigma).sum()
+            + direct_answer_logprob(module.lm, texts[i // G], z[i], ro.generation.token_ids[i])
+        )
+        / tokens[i]
+        for i in range(len(RECORDS) * G)
+    ]
+    want = torch.autograd.grad(-torch.stack(terms).mean(), params)
+    want = torch.cat([g.flatten() for g in want])
+    assert want.norm() > 0
+    assert (got - want).norm() <= 1e-4 * want.norm()
+
+
+def test_answer_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="stage.exploration='tokens' is not one of"):
+        GRPOConfig(exploration="tokens")
+    with pytest.raises(ConfigError, match=r"stage.temperature=0.0 must be > 0 with stage.exp"):
+        GRPOConfig(exploration="answer")
+    with pytest.raises(ConfigError, match="stage.learn_sigma=True needs latent noise"):
+        GRPOConfig(exploration="answer", temperature=1.0, learn_sigma=True)
+    with pytest.raises(ConfigError, match="stage.batch_size=8 must be a multiple of stage.micro"):
+        grpo_settings(
+            {"max_steps": 4, "batch_size": 8, "checkpoint_every_n_steps": 2,
+             "val_every_n_steps": 2, "micro_batch_size": 3}
+        )  # fmt: skip
 
 
 # --- end to end --------------------------------------------------------------------------------

@@ -176,7 +176,7 @@ def assert_same_run(resumed: Path, straight: Path) -> None:
     ]
     for row_a, row_b in zip(rows_a, rows_b, strict=True):
         for key, value in row_a.items():
-            if value:
+            if value and not key.endswith("_time_s"):  # wall times differ between any two runs
                 assert float(row_b[key]) == pytest.approx(float(value), rel=1e-6), (key, row_a)
 
 

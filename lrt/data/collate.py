@@ -27,10 +27,15 @@ def pad_answers(
     rows = [
         tokenizer(a, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for a in answers
     ]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    return pad_token_rows(rows, tokenizer.pad_token_id)
+
+
+def pad_token_rows(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id lists (at least one column, so an empty row still has a shape)."""
+    width = max(1, *(len(r) for r in rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, : len(row)] = 1
     return ids, mask

@@ -1,9 +1,25 @@
-"""GRPO stage over Gaussian latents (DESIGN.md section 1): noise on Z, greedy answers, rewards.
+"""GRPO stage (DESIGN.md sections 1 and 4): sample, grade, take clipped-ratio steps on the reasoner.
 
-Per batch of B questions: encode each prompt once, take the reasoner's means `mu`, draw G latent
-samples per question `Z = mu + sigma * eps`, decode all B*G answers in one batched call on the
-prompt cache expanded G times, grade them, and take `num_iterations` clipped-ratio optimiser
-steps on the same rollouts. The frozen base only runs forward, so no gradient passes through it.
+What is sampled is `stage.exploration`:
+
+- `latent` (our default): Gaussian noise on the latents, `Z = mu + sigma * eps`, answers decoded
+  greedily. The policy's log-probability is the Gaussian density of Z, so the frozen base only
+  runs forward and no gradient passes through it: a step costs little more than the rollouts.
+- `answer` (the paper's Algorithm 1): deterministic latents `Z = mu`, answers sampled from the
+  frozen base (temperature, top-p). The log-probability of an answer is the sum of its token
+  log-probs given Z, so gradients flow back through the frozen base into Z (its weights get
+  none).
+- `both`: Gaussian latents and sampled answers; a sample's log-probability is the latent term
+  (each latent vector a token, Z held fixed) plus the answer term (each answer token, Z
+  re-parameterised as `mu + sigma * eps` with eps held fixed). Each term alone is a
+  score-function estimate of the policy gradient through one source of randomness.
+
+Per batch of B questions: encode each prompt once, take the reasoner's means, draw G samples
+per question and decode all B*G answers in one batched call on the prompt cache expanded G
+times, grade them, and take `num_iterations` clipped-ratio optimiser steps on the same
+rollouts. `micro_batch_size` splits the B questions into chunks that are rolled out and
+back-propagated one at a time, accumulating gradients into one optimiser step (the loss is the
+mean of the chunks' losses, as TRL's gradient accumulation has it).
 
 Step counting: `stage.max_steps` counts optimiser steps, which is what Lightning's
 `global_step` counts under manual optimisation and what TRL's `max_steps` means; a run therefore
@@ -15,6 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -25,6 +42,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from lrt.data.collate import pad_token_rows
 from lrt.data.records import Record
 from lrt.errors import CheckpointError, ConfigError
 from lrt.grading import extract, grade
@@ -35,6 +53,7 @@ from lrt.training.grpo_loss import (
     gaussian_kl,
     gaussian_logprob,
     group_advantages,
+    k3_kl,
     policy_loss,
     zero_std_groups,
 )
@@ -55,13 +74,16 @@ STAGE_KEYS = frozenset(
 
 SAMPLE_ROWS = 8
 NOISE_STATE_KEY = "grpo_noise_rng"
+EXPLORATIONS = ("latent", "answer", "both")
 
 
 @dataclass
 class GRPOConfig:
     """The GRPO-specific keys of `conf/stage/grpo.yaml` (meanings in that file)."""
 
+    exploration: str = "latent"
     num_generations: int = 8
+    micro_batch_size: int | None = None
     temperature: float = 0.0
     top_p: float = 1.0
     max_answer_tokens: int = 8
@@ -81,6 +103,10 @@ class GRPOConfig:
 
     def __post_init__(self) -> None:
         check_loss_type(self.loss_type)
+        if self.exploration not in EXPLORATIONS:
+            raise ConfigError(
+                f"stage.exploration={self.exploration!r} is not one of {EXPLORATIONS}"
+            )
         checks = [
             ("num_generations", self.num_generations >= 2, "must be at least 2"),
             ("temperature", self.temperature >= 0, "must be >= 0 (0 = greedy)"),
@@ -95,6 +121,12 @@ class GRPOConfig:
              "must be positive or null"),
             ("log_samples_every_n_steps", self.log_samples_every_n_steps >= 0,
              "must be >= 0 (0 = never)"),
+            ("micro_batch_size", self.micro_batch_size is None or self.micro_batch_size >= 1,
+             "must be positive or null (null: the whole batch at once)"),
+            ("temperature", self.temperature > 0 or not self.samples_answers,
+             f"must be > 0 with stage.exploration={self.exploration!r}: the answers are sampled"),
+            ("learn_sigma", not self.learn_sigma or self.samples_latents,
+             "needs latent noise: stage.exploration='latent' or 'both'"),
         ]  # fmt: skip
         if self.learn_sigma:
             checks.append(
@@ -108,6 +140,16 @@ class GRPOConfig:
         for key, ok, why in checks:
             if not ok:
                 raise ConfigError(f"stage.{key}={getattr(self, key)} {why}")
+
+    @property
+    def samples_latents(self) -> bool:
+        """Whether the latents are Gaussian samples (else they are the reasoner's means)."""
+        return self.exploration in ("latent", "both")
+
+    @property
+    def samples_answers(self) -> bool:
+        """Whether the answers' token log-probs are part of the policy (gradient via the base)."""
+        return self.exploration in ("answer", "both")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> GRPOConfig:
@@ -128,19 +170,36 @@ def grpo_settings(stage: Mapping[str, Any]) -> GRPOConfig:
                 f"stage.{key}={stage[key]} must be a multiple of "
                 f"stage.num_iterations={settings.num_iterations}"
             )
+    micro = settings.micro_batch_size
+    if micro is not None and stage["batch_size"] % micro:
+        raise ConfigError(
+            f"stage.batch_size={stage['batch_size']} must be a multiple of "
+            f"stage.micro_batch_size={micro}"
+        )
     return settings
 
 
 @dataclass
 class Rollout:
-    """One batch of sampled latents, their decoded answers and rewards; nothing needs grad."""
+    """One chunk of questions with their sampled latents and answers and the rewards; no grad."""
 
     prefix: Prefix
     """The B encoded prompts; later passes rerun only the reasoner on `prefix.hidden`."""
     latents: torch.Tensor
-    """Sampled Z, [B*G, K, d] float32, the G samples of a question consecutive."""
-    old_logp: torch.Tensor
-    """log N(Z; mu, sigma^2) per latent token under the sampling policy, [B*G, K]."""
+    """Z the answers were decoded from, [B*G, K, d] float32, a question's G samples consecutive
+    (the reasoner's means when the latents are not sampled)."""
+    noise: torch.Tensor | None
+    """eps with `Z = mu + sigma * eps`, [B*G, K, d] (None when the latents are not sampled)."""
+    old_latent_logp: torch.Tensor | None
+    """log N(Z; mu, sigma^2) per latent vector under the sampling policy, [B*G, K]."""
+    answer_ids: torch.Tensor | None
+    """The sampled answers' tokens (EOS included when reached), right-padded, [B*G, m]."""
+    answer_mask: torch.Tensor | None
+    old_answer_logp: torch.Tensor | None
+    """Per answer token log-prob under the sampling policy, [B*G, m]; None with one iteration,
+    where the current policy is the sampling one (TRL's shortcut: the ratio is 1)."""
+    ref_answer_logp: torch.Tensor | None
+    """Per answer token log-prob under the reference reasoner (for the k3 KL), or None."""
     rewards: torch.Tensor
     correct: torch.Tensor
     advantages: torch.Tensor
@@ -224,14 +283,18 @@ class GRPOModule(StageModule):
     def rollout(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, records: list[Record]
     ) -> Rollout:
-        """Sample G latents per question and decode all B*G answers in one batched call."""
+        """Sample G (latents, answer) pairs per question, decoding all B*G in one batched call."""
         s = self.settings
         g = s.num_generations
         prefix = self.lm.encode(input_ids, attention_mask)
         mu = self._means(self.reasoner, prefix).repeat_interleave(g, dim=0)
-        sigma = self.sigma().detach()
-        eps = torch.randn(mu.shape, generator=self.noise).to(mu.device)
-        z = mu + sigma * eps
+        noise = old_latent_logp = None
+        z = mu
+        if s.samples_latents:
+            sigma = self.sigma().detach()
+            noise = torch.randn(mu.shape, generator=self.noise).to(mu.device)
+            z = mu + sigma * noise
+            old_latent_logp = gaussian_logprob(z, mu, sigma)
         gen = self.lm.generate(
             prefix.fork(g),
             "lrt",
@@ -249,10 +312,15 @@ class GRPOModule(StageModule):
         if s.format_reward:
             answered = torch.tensor([extract(self.task, t) is not None for t in gen.texts])
             rewards = rewards + s.format_reward * answered.float()
-        return Rollout(
+        rollout = Rollout(
             prefix=prefix,
             latents=z,
-            old_logp=gaussian_logprob(z, mu, sigma),
+            noise=noise,
+            old_latent_logp=old_latent_logp,
+            answer_ids=None,
+            answer_mask=None,
+            old_answer_logp=None,
+            ref_answer_logp=None,
             rewards=rewards,
             correct=correct,
             advantages=group_advantages(rewards, g, s.scale_rewards).to(mu.device),
@@ -260,32 +328,89 @@ class GRPOModule(StageModule):
             generation=gen,
             records=rows,
         )
+        if s.samples_answers:
+            ids, mask = pad_token_rows(gen.token_ids, self.lm.tokenizer.pad_token_id)
+            rollout.answer_ids, rollout.answer_mask = ids.to(mu.device), mask.to(mu.device)
+            if s.num_iterations > 1:
+                rollout.old_answer_logp = self._answer_logprobs(rollout, z)
+            if self.ref_reasoner is not None:
+                rollout.ref_answer_logp = self._answer_logprobs(
+                    rollout, self._latents(self.ref_reasoner, rollout)
+                )
+        return rollout
 
     # --- the objective -----------------------------------------------------------------------
 
+    def _latents(self, reasoner: nn.Module, rollout: Rollout) -> torch.Tensor:
+        """Z as a function of `reasoner` for the answer term: its means (answer exploration) or
+        its means moved by the rollout's own noise (both), [B*G, K, d]."""
+        g = self.settings.num_generations
+        z = self._means(reasoner, rollout.prefix).repeat_interleave(g, dim=0)
+        if rollout.noise is not None:
+            z = z + self.sigma() * rollout.noise
+        return z
+
+    def _answer_logprobs(self, rollout: Rollout, z: torch.Tensor) -> torch.Tensor:
+        """Per-token log p(answer | prompt, Z) of the sampled answers at the sampling
+        temperature, [B*G, m]; differentiable through the frozen base into Z."""
+        assert rollout.answer_ids is not None and rollout.answer_mask is not None
+        return self.lm.answer_logprobs(
+            rollout.prefix.fork(self.settings.num_generations),
+            z.to(self.lm.base.dtype),
+            rollout.answer_ids,
+            rollout.answer_mask,
+            temperature=self.settings.temperature,
+        )
+
     def loss(self, rollout: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Clipped-ratio loss of the current policy on `rollout`, plus `beta` times the KL."""
+        """Clipped-ratio loss of the current policy on `rollout`, plus `beta` times the KL.
+
+        The tokens are the K latent vectors (latent term), the answer tokens (answer term), or
+        both side by side; the loss type aggregates over all of them.
+        """
         s = self.settings
         g = s.num_generations
-        mu = self._means(self.reasoner, rollout.prefix)
-        sigma = self.sigma()
-        logp = gaussian_logprob(rollout.latents, mu.repeat_interleave(g, dim=0), sigma)
+        logps, olds, masks, kls = [], [], [], []
         stats: dict[str, torch.Tensor] = {}
-        kl = None
-        if self.ref_reasoner is not None:
-            with torch.no_grad():
-                mu_ref = self._means(self.ref_reasoner, rollout.prefix)
-            kl = gaussian_kl(mu, mu_ref, sigma).repeat_interleave(g, dim=0)
-            stats["kl"] = kl.detach().mean()
+        if s.samples_latents:
+            assert rollout.old_latent_logp is not None
+            mu = self._means(self.reasoner, rollout.prefix)
+            sigma = self.sigma()
+            logp = gaussian_logprob(rollout.latents, mu.repeat_interleave(g, dim=0), sigma)
+            logps.append(logp)
+            olds.append(rollout.old_latent_logp)
+            masks.append(torch.ones_like(logp))
+            if self.ref_reasoner is not None:
+                with torch.no_grad():
+                    mu_ref = self._means(self.ref_reasoner, rollout.prefix)
+                kls.append(gaussian_kl(mu, mu_ref, sigma).repeat_interleave(g, dim=0))
+        if s.samples_answers:
+            assert rollout.answer_mask is not None
+            logp = self._answer_logprobs(rollout, self._latents(self.reasoner, rollout))
+            logps.append(logp)
+            old = rollout.old_answer_logp
+            olds.append(logp.detach() if old is None else old)
+            masks.append(rollout.answer_mask.to(logp.dtype))
+            if rollout.ref_answer_logp is not None:
+                kls.append(k3_kl(logp, rollout.ref_answer_logp) * masks[-1])
+        mask = torch.cat(masks, dim=1)
+        kl = torch.cat(kls, dim=1) if kls else None
+        if kl is not None:
+            stats["kl"] = ((kl.detach() * mask).sum() / mask.sum().clamp(min=1)).detach()
+        max_tokens = (self.reasoner.num_latents if s.samples_latents else 0) + (
+            s.max_answer_tokens if s.samples_answers else 0
+        )
         loss, stats["clip_frac"] = policy_loss(
-            logp,
-            rollout.old_logp,
+            torch.cat(logps, dim=1),
+            torch.cat(olds, dim=1),
             rollout.advantages,
             loss_type=s.loss_type,
             epsilon_low=s.epsilon_low,
             epsilon_high=s.epsilon_high,
             kl=kl,
             beta=s.beta,
+            mask=mask,
+            max_tokens=max_tokens,
         )
         return loss, stats
 
@@ -296,23 +421,40 @@ class GRPOModule(StageModule):
     def total_batches(self) -> int:
         return self.trainer.max_steps // self.settings.num_iterations
 
+    def _chunks(self, batch: dict[str, torch.Tensor]) -> list[slice]:
+        """Question slices of `micro_batch_size` (one slice: the whole batch)."""
+        b = batch["input_ids"].shape[0]
+        size = self.settings.micro_batch_size or b
+        return [slice(i, min(i + size, b)) for i in range(0, b, size)]
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """One batch of rollouts, then `num_iterations` optimiser steps on them."""
+        """Rollouts for the batch (chunk by chunk), then `num_iterations` optimiser steps."""
         s = self.settings
+        started = time.perf_counter()
         records = self.trainer.datamodule.train_records
-        rollout = self.rollout(
-            batch["input_ids"],
-            batch["attention_mask"],
-            [records[i] for i in batch["index"].tolist()],
-        )
+        rollouts = [
+            self.rollout(
+                batch["input_ids"][c],
+                batch["attention_mask"][c],
+                [records[i] for i in batch["index"][c].tolist()],
+            )
+            for c in self._chunks(batch)
+        ]
         first_step = self.global_step
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         totals: dict[str, float] = {}
         for _ in range(s.num_iterations):
-            loss, stats = self.loss(rollout)
-            self.check_finite(loss)
             optimizer.zero_grad()
-            self.manual_backward(loss)
+            step_loss = torch.zeros((), device=self.lm.device)
+            for rollout in rollouts:
+                loss, stats = self.loss(rollout)
+                loss = loss / len(rollouts)
+                self.manual_backward(loss)
+                step_loss = step_loss + loss.detach()
+                for key, value in stats.items():
+                    share = float(value) / (s.num_iterations * len(rollouts))
+                    totals[key] = totals.get(key, 0.0) + share
+            self.check_finite(step_loss)
             if s.max_grad_norm is not None:
                 self.clip_gradients(
                     optimizer, gradient_clip_val=s.max_grad_norm, gradient_clip_algorithm="norm"
@@ -320,18 +462,21 @@ class GRPOModule(StageModule):
             optimizer.step()
             scheduler.step()
             self._project_sigma()
-            for key, value in {"loss": loss.detach(), **stats}.items():
-                totals[key] = totals.get(key, 0.0) + float(value) / s.num_iterations
+            totals["loss"] = totals.get("loss", 0.0) + float(step_loss) / s.num_iterations
+        rewards = torch.cat([r.rewards for r in rollouts])
+        lengths = [n for r in rollouts for n in r.generation.num_generated]
         metrics = {
-            "reward_mean": rollout.rewards.mean(),
-            "reward_std": rollout.rewards.std(),
-            "accuracy": rollout.correct.float().mean(),
-            "frac_zero_std": rollout.zero_std.float().mean(),
-            "sigma": self.sigma().detach(),
-            "answer_length": torch.tensor(rollout.generation.num_generated).float().mean(),
+            "reward_mean": rewards.mean(),
+            "reward_std": rewards.std(),
+            "accuracy": torch.cat([r.correct for r in rollouts]).float().mean(),
+            "frac_zero_std": torch.cat([r.zero_std for r in rollouts]).float().mean(),
+            "answer_length": torch.tensor(lengths).float().mean(),
             "lr": scheduler.get_last_lr()[0],
+            "step_time_s": time.perf_counter() - started,
             **totals,
         }
+        if s.samples_latents:
+            metrics["sigma"] = self.sigma().detach()
         self.log_dict(
             {f"train/{k}": float(v) for k, v in metrics.items()},
             batch_size=batch["input_ids"].shape[0],
@@ -339,7 +484,7 @@ class GRPOModule(StageModule):
         every = s.log_samples_every_n_steps
         # The batch covers steps [first_step, global_step): log if one of them is a multiple.
         if every and -(-first_step // every) * every < self.global_step:
-            self._log_samples(rollout, first_step)
+            self._log_samples(rollouts[0], first_step)
 
     def _log_samples(self, rollout: Rollout, step: int) -> None:
         """A few (question, answer, reward) rows: a wandb Table, else `<run>/samples.jsonl`."""

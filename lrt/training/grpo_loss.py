@@ -59,6 +59,15 @@ def gaussian_kl(mu: torch.Tensor, mu_ref: torch.Tensor, sigma: torch.Tensor) -> 
     return diff.pow(2).sum(dim=-1) / (2 * sigma.float().pow(2))
 
 
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL estimate to the reference, `exp(ref - logp) - (ref - logp) - 1` (TRL's k3).
+
+    Unbiased for KL(policy || ref) on tokens sampled from the policy, and never negative.
+    """
+    delta = ref_logp - logp
+    return torch.exp(delta) - delta - 1
+
+
 def check_loss_type(loss_type: str) -> None:
     if loss_type not in LOSS_TYPES:
         raise ConfigError(f"stage.loss_type={loss_type!r} is not one of {LOSS_TYPES}")
@@ -74,15 +83,18 @@ def policy_loss(
     kl: torch.Tensor | None = None,
     beta: float = 0.0,
     mask: torch.Tensor | None = None,
+    max_tokens: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipped-ratio GRPO loss and the fraction of latent tokens where clipping is active.
+    """Clipped-ratio GRPO loss and the fraction of tokens where clipping is active.
 
-    `logp`/`old_logp`/`kl` are [N, K] (`old_logp` detached, from the sampling step),
-    `advantages` is [N]. Aggregation follows TRL: `grpo` averages each sample's tokens then the
-    samples, `bnpo` averages all tokens of the batch, `dr_grpo` divides the sum by N times the
-    maximum number of tokens (K). All K latents are always present, so without `mask` the three
-    coincide; `mask` ([N, K], 1 = counted) is where they differ, e.g. for variable-length
-    answer tokens.
+    `logp`/`old_logp`/`kl` are [N, T] (`old_logp` detached, from the sampling step),
+    `advantages` is [N]. A token is a latent vector (latent exploration), a sampled answer token
+    (answer exploration) or either (both). Aggregation follows TRL: `grpo` averages each
+    sample's tokens then the samples, `bnpo` averages all tokens of the batch, `dr_grpo`
+    divides the sum by N times the most tokens a sample can have (`max_tokens`, TRL's
+    `max_completion_length`; default T). With K latents only, every token is present and the
+    three coincide; `mask` ([N, T], 1 = counted) is where they differ, for variable-length
+    answers.
     """
     check_loss_type(loss_type)
     mask = torch.ones_like(logp) if mask is None else mask.to(logp.dtype)
@@ -99,7 +111,7 @@ def policy_loss(
     elif loss_type == "bnpo":
         loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
     else:
-        loss = (per_token * mask).sum() / (per_token.shape[0] * per_token.shape[1])
+        loss = (per_token * mask).sum() / (per_token.shape[0] * (max_tokens or per_token.shape[1]))
     with torch.no_grad():
         active = ((ratio < 1 - epsilon_low) & (adv < 0)) | ((ratio > 1 + epsilon_high) & (adv > 0))
         clip_frac = (active.to(mask.dtype) * mask).sum() / mask.sum().clamp(min=1)
