@@ -59,6 +59,7 @@ def validate_data(cfg: DictConfig) -> None:
     for split in ("train", "val", "test"):
         if split in cfg.data:
             check_path(f"data.{split}.path", cfg.data[split].get("path"))
+            check_split_task(cfg.data.task, split, cfg.data[split].get("task"))
     PromptConfig(**dict(cfg.data.prompt))
     PromptLimit.from_config(cfg.data, None)
 

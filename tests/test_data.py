@@ -227,7 +227,10 @@ def test_missing_and_empty(tmp_path: Path) -> None:
 
 
 def test_config_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"Unknown task 'gsm9k'; known tasks: arith, gsm8k"):
+    with pytest.raises(
+        ConfigError,
+        match=r"Unknown task 'gsm9k'; known tasks: aime24, amc23, arith, deepscaler, gsm8k",
+    ):
         load_task("gsm9k", "train")
     with pytest.raises(ConfigError, match=r"Unknown split 'dev' for task 'gsm8k'; known splits"):
         load_task("gsm8k", "dev")
@@ -266,3 +269,101 @@ def test_hub_rows_use_the_same_parser(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError, match=r"openai/gsm8k split 'train' .*pass path="):
         load_task("gsm8k", "train")
+
+
+# --- the paper's data: OpenR1-Math and DeepScaleR (fixture files in the upstream layout) ---------
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def _as_parquet(jsonl: Path, out: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    pq.write_table(pa.Table.from_pylist(rows), out)
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_openr1_math_loads_verified_responses(fmt: str, tmp_path: Path) -> None:
+    from lrt.data.prompts import PromptConfig, target_text
+    from lrt.grading import grade
+
+    path = FIXTURES / "openr1_math.jsonl"
+    if fmt == "parquet":
+        path = _as_parquet(path, tmp_path / "train.parquet")
+    records = load_task("openr1_math", "train", path=path)
+    assert [r.answer for r in records] == ["5", "\\frac{3}{4}", "-3"]
+    assert records[0].id == "11111111-aaaa-4bbb-8ccc-000000000001"
+    # The first generation math-verify marked correct, after its reasoning trace.
+    assert records[0].response == "$2+3=5$, so the answer is $\\boxed{5}$."
+    assert records[1].response.startswith("Dividing numerator")
+    assert records[2].response is None  # no verified generation
+    for r in records:
+        assert grade("openr1_math", f"The answer is $\\boxed{{{r.answer}}}$.", r)
+        if r.response:
+            assert grade("openr1_math", r.response, r)
+    prompt = PromptConfig(target="response")
+    assert target_text(records[0], prompt) == records[0].response
+    assert target_text(records[2], prompt) is None
+    assert target_text(records[2], PromptConfig()) == "The answer is -3."
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_deepscaler_loads_and_grades_its_gold(fmt: str, tmp_path: Path) -> None:
+    from lrt.grading import grade
+
+    path = FIXTURES / "deepscaler.jsonl"
+    if fmt == "parquet":
+        path = _as_parquet(path, tmp_path / "train.parquet")
+    records = load_task("deepscaler", "train", path=path)
+    assert [r.answer for r in records] == ["56", "13", "4"]
+    assert all(r.solution for r in records)
+    assert all(grade("deepscaler", f"So we get \\boxed{{{r.answer}}}", r) for r in records)
+    assert not grade("deepscaler", "\\boxed{57}", records[0])
+
+
+def test_openr1_bad_rows_are_named(tmp_path: Path) -> None:
+    row = json.loads((FIXTURES / "openr1_math.jsonl").read_text().splitlines()[0])
+    row["correctness_math_verify"] = [True]
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(
+        DataError,
+        match=rf"{re.escape(str(path))}:1: field 'correctness_math_verify' has 1 verdicts for 2",
+    ):
+        load_task("openr1_math", "train", path=path)
+
+
+def test_response_target_skips_or_names_records_without_one(tmp_path: Path) -> None:
+    from lrt.data.datamodule import with_targets
+    from lrt.data.prompts import PromptConfig, format_target
+
+    records = load_task("openr1_math", "train", path=FIXTURES / "openr1_math.jsonl")
+    prompt = PromptConfig(target="response")
+    assert len(with_targets(records, prompt, "skip", "data.train")) == 2
+    with pytest.raises(
+        DataError, match="target='response' but record '11111111-aaaa-4bbb-8ccc-0+3'"
+    ):
+        format_target(records[2], prompt)
+
+
+def test_a_split_can_come_from_another_task(compose_train) -> None:
+    from lrt.config import validate_train
+
+    cfg = compose_train("data=openr1_math")
+    validate_train(cfg)
+    assert cfg.data.val.task == "math"
+    with pytest.raises(ConfigError, match="data.val.task='gsm8k' is graded as 'numeric'"):
+        validate_train(compose_train("data=openr1_math", "data.val.task=gsm8k"))
+
+
+def test_competition_lists_load_from_the_shared_data(data_dir: Path) -> None:
+    from lrt.grading import grade
+
+    for task, count in (("amc23", 40), ("aime24", 30)):
+        records = load_task(task, "test", path=data_dir)
+        assert len(records) == count
+        assert all(grade(task, f"\\boxed{{{r.answer}}}", r) for r in records)
+    assert load_task("amc23", "test", path=data_dir)[0].answer == "27"  # upstream 27.0

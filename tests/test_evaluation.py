@@ -267,6 +267,19 @@ def test_unknown_task_is_refused() -> None:
         load_tasks(compose_eval("tasks=[arith,sudoku]"))
 
 
+def test_paper_preset_is_the_papers_protocol() -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=["preset=paper", "limit=2"])
+    labels = validate_evaluate(cfg)
+    assert labels == ["nothink", "lrt", "cot@512", "cot@1024"]
+    assert (cfg.pass_at_k.temperature, cfg.pass_at_k.top_p) == (0.6, 0.95)
+    assert list(cfg.pass_at_k.k) == [1, 4] and cfg.pass_at_k.n >= 4
+    tasks = {t.name: t for t in load_tasks(cfg)}
+    assert sorted(tasks) == ["amc23_local", "gsm8k_local", "lsat_local", "math_local"]
+    assert [t.task for t in tasks.values()] == ["math", "gsm8k", "lsat", "amc23"]
+    assert all(len(t.records) == 2 for t in tasks.values())
+
+
 # --- whole evaluations ----------------------------------------------------------------------
 
 

@@ -141,7 +141,10 @@ def test_choice_grading(data_dir: Path) -> None:
 
 
 def test_unknown_task() -> None:
-    with pytest.raises(ConfigError, match=r"Unknown task 'gsm9k'; known tasks: arith, gsm8k"):
+    with pytest.raises(
+        ConfigError,
+        match=r"Unknown task 'gsm9k'; known tasks: aime24, amc23, arith, deepscaler, gsm8k",
+    ):
         extract("gsm9k", "1")
     with pytest.raises(ConfigError, match="Unknown task 'mmlu'"):
         grade("mmlu", "1", Record("r", "q", "1"))

@@ -81,6 +81,11 @@ def test_every_experiment_config_composes(compose_train) -> None:
             assert cfg.model.path in PAPER_BASES, (name, cfg.model.path)
             assert cfg.model.dtype == "bfloat16" and cfg.trainer.precision == "bf16-mixed"
             assert cfg.stage.name in name
+            if cfg.stage.name == "sft":  # the paper's data, network and exploration
+                assert cfg.data.task == "openr1_math" and cfg.reasoner.arch == "pretrained"
+            else:
+                assert cfg.data.task == "deepscaler" and cfg.stage.exploration == "answer"
+                assert cfg.stage.batch_size * cfg.stage.num_generations == 1024
 
 
 @pytest.mark.slow

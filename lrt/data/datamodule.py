@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from lrt.data.collate import pad_answers, pad_prompts
-from lrt.data.prompts import PromptConfig, format_prompt, format_target
+from lrt.data.prompts import PromptConfig, format_prompt, format_target, target_text
 from lrt.data.records import Record
 from lrt.data.tasks import load_task
 from lrt.errors import ConfigError, DataError
@@ -23,15 +23,20 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SplitConfig:
-    """One split of a task: hub split name, optional local JSONL path, optional row limit."""
+    """One split of a task: hub split name, optional local JSONL path, optional row limit.
+
+    `task` loads the split from another task with the same grader, for training sets that have
+    no held-out split of their own (OpenR1-Math validated on MATH-500).
+    """
 
     split: str
     path: str | None = None
     limit: int | None = None
+    task: str | None = None
 
 
 def split_config(raw: Mapping[str, Any], key: str) -> SplitConfig:
-    known = {"split", "path", "limit"}
+    known = {"split", "path", "limit", "task"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown key 'data.{key}.{unknown[0]}'")
@@ -153,7 +158,31 @@ def load_split(
     task: str, cfg: SplitConfig, on_error: str, options: Mapping[str, Any]
 ) -> list[Record]:
     """Load one configured split of a task (generator options only apply to `arith`)."""
-    return load_task(task, cfg.split, path=cfg.path, limit=cfg.limit, on_error=on_error, **options)
+    return load_task(
+        cfg.task or task, cfg.split, path=cfg.path, limit=cfg.limit, on_error=on_error, **options
+    )
+
+
+def with_targets(
+    records: list[Record], prompt: PromptConfig, on_error: str, where: str
+) -> list[Record]:
+    """With `on_error=skip`, drop records that lack the text `prompt.target` trains on (OpenR1
+    rows with no verified generation); otherwise `format_target` names the first one."""
+    if on_error != "skip":
+        return records
+    kept = [r for r in records if target_text(r, prompt) is not None]
+    if len(kept) < len(records):
+        log.warning(
+            "%s: skipped %d of %d records with no %s text (data.prompt.target=%s)",
+            where,
+            len(records) - len(kept),
+            len(records),
+            prompt.target,
+            prompt.target,
+        )
+    if not kept:
+        raise DataError(f"{where}: no record has {prompt.target} text to train on")
+    return kept
 
 
 class PromptDataset(Dataset):
@@ -289,7 +318,12 @@ class LRTDataModule(L.LightningDataModule):
             return
         train, val = (
             self.prompt_limit.apply(
-                load_split(self.task, split, self.on_error, self.options),
+                with_targets(
+                    load_split(self.task, split, self.on_error, self.options),
+                    self.prompt,
+                    self.on_error,
+                    f"data.{key}",
+                ),
                 self.tokenizer,
                 self.prompt,
                 self.system_prompt,

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from lrt.data.records import Record
-from lrt.errors import ConfigError
+from lrt.errors import ConfigError, DataError
 
-TARGETS = ("answer", "solution")
+TARGETS = ("answer", "solution", "response")
 LETTERS = "ABCDEFGHIJ"
 
 
@@ -24,7 +24,8 @@ class PromptConfig:
     user_template: str = "{question}"
     answer_template: str = "The answer is {answer}."
     target: str = "answer"
-    """SFT target: the formatted final answer, or the dataset's solution text before it."""
+    """SFT target: the formatted final answer (`answer`), the dataset's solution text before it
+    (`solution`), or the dataset's own final response verbatim (`response`, OpenR1-Math)."""
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -54,13 +55,23 @@ def format_prompt(
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def format_target(record: Record, cfg: PromptConfig) -> str:
-    """The answer text the model is trained to produce after the thinking span."""
+def target_text(record: Record, cfg: PromptConfig) -> str | None:
+    """The answer text the model is trained to produce after the thinking span, or None when
+    the record lacks the field `cfg.target` needs."""
     final = cfg.answer_template.format(answer=record.answer)
     if cfg.target == "solution":
-        if not record.solution:
-            raise ConfigError(
-                f"data.prompt.target='solution' but record {record.id!r} has no solution text"
-            )
-        return f"{record.solution.strip()} {final}"
+        return f"{record.solution.strip()} {final}" if record.solution else None
+    if cfg.target == "response":
+        return record.response.strip() if record.response else None
     return final
+
+
+def format_target(record: Record, cfg: PromptConfig) -> str:
+    """`target_text`, with an error naming the record when it lacks the needed field."""
+    text = target_text(record, cfg)
+    if text is None:
+        raise DataError(
+            f"data.prompt.target={cfg.target!r} but record {record.id!r} has no {cfg.target} "
+            "text (data.on_error=skip drops such records)"
+        )
+    return text

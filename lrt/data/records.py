@@ -12,7 +12,8 @@ class Record:
     `question` is the full text shown to the model (for LSAT: passage, blank line, question);
     multiple-choice options live in `choices` as plain texts without their "(A)" prefix, so the
     prompt layer decides how to letter them. `answer` is the gold final answer as a string
-    (a number, a LaTeX expression, or a letter A-E).
+    (a number, a LaTeX expression, or a letter A-E); `solution` is a worked solution and
+    `response` a complete answer text, where the dataset has them.
     """
 
     id: str
@@ -20,3 +21,7 @@ class Record:
     answer: str
     solution: str | None = None
     choices: tuple[str, ...] | None = None
+    response: str | None = None
+    """A dataset's own final response, used verbatim as the SFT target with
+    `data.prompt.target=response` (OpenR1-Math: the text after the reasoning trace of a
+    generation verified correct)."""

@@ -135,6 +135,70 @@ def parse_math(row: Mapping[str, Any], default_id: str) -> Record:
     return Record(record_id, problem.strip(), answer, solution.strip())
 
 
+THINK_CLOSE = "</think>"
+
+
+def _list(row: Mapping[str, Any], name: str) -> list[Any]:
+    """A required list field (Parquet rows may hold numpy arrays: those count as lists)."""
+    if name not in row:
+        raise RowError(name, "is missing")
+    value = row[name]
+    if hasattr(value, "tolist") and not isinstance(value, str):
+        value = value.tolist()
+    if not isinstance(value, list):
+        raise RowError(name, f"is not a list (got {type(value).__name__})")
+    return value
+
+
+def parse_openr1(row: Mapping[str, Any], default_id: str) -> Record:
+    """OpenR1-Math-220k: `problem`, gold `answer`, and as `response` the text after the closing
+    think tag of the first generation that math-verify marked correct (None when none was)."""
+    problem = _text(row, "problem")
+    answer = _text(row, "answer").strip()
+    generations = _list(row, "generations")
+    verified = _list(row, "correctness_math_verify")
+    if len(generations) != len(verified):
+        raise RowError(
+            "correctness_math_verify",
+            f"has {len(verified)} verdicts for {len(generations)} generations",
+        )
+    response = None
+    for text, ok in zip(generations, verified, strict=True):
+        if ok is True and isinstance(text, str) and THINK_CLOSE in text:
+            response = text.rsplit(THINK_CLOSE, 1)[1].strip() or None
+            if response:
+                break
+    record_id = row.get("uuid") if isinstance(row.get("uuid"), str) else default_id
+    solution = row.get("solution") if isinstance(row.get("solution"), str) else None
+    return Record(record_id, problem.strip(), answer, solution, response=response)
+
+
+def parse_deepscaler(row: Mapping[str, Any], default_id: str) -> Record:
+    """DeepScaleR-Preview: `problem`, `answer` (graded by math-verify), `solution`."""
+    problem = _text(row, "problem")
+    answer = _text(row, "answer").strip()
+    solution = row.get("solution") if isinstance(row.get("solution"), str) else None
+    return Record(default_id, problem.strip(), answer, solution)
+
+
+def parse_competition(row: Mapping[str, Any], default_id: str) -> Record:
+    """AMC23 / AIME24 lists (Qwen2.5-Math layout): `problem` (or `question`) and `answer`,
+    which AMC23 stores as a float (`27.0`): integral values are written as integers."""
+    question = _text(row, "problem" if "problem" in row else "question")
+    if "answer" not in row:
+        raise RowError("answer", "is missing")
+    value = row["answer"]
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise RowError("answer", f"is not a number or string (got {type(value).__name__})")
+    if isinstance(value, float):
+        value = str(int(value)) if value.is_integer() else repr(value)
+    answer = str(value).strip()
+    if not answer:
+        raise RowError("answer", "is empty")
+    record_id = str(row["id"]) if isinstance(row.get("id"), int | str) else default_id
+    return Record(record_id, question.strip(), answer)
+
+
 def _strip_letter(option: str) -> str:
     """`(A)text` -> `text`: options keep only their text; the prompt letters them."""
     return re.sub(r"^\s*\(?[A-E]\)\s*", "", option).strip()
@@ -246,6 +310,38 @@ TASKS: dict[str, TaskSpec] = {
     "lsat_rc": _lsat(
         "lsat_rc", "rc", {"validation": "ar_lsat/val_rc.jsonl", "test": "lsat/lsat-rc.jsonl"}
     ),
+    # The paper's SFT data: train only (validate on MATH-500 with `data.val.task=math`).
+    "openr1_math": TaskSpec(
+        name="openr1_math",
+        grader="math",
+        splits=("train",),
+        parse_row=parse_openr1,
+        hub={"train": HubSource("open-r1/OpenR1-Math-220k", "default", "train")},
+    ),
+    # The paper's RL data: train only.
+    "deepscaler": TaskSpec(
+        name="deepscaler",
+        grader="math",
+        splits=("train",),
+        parse_row=parse_deepscaler,
+        hub={"train": HubSource("agentica-org/DeepScaleR-Preview-Dataset", None, "train")},
+    ),
+    "amc23": TaskSpec(
+        name="amc23",
+        grader="math",
+        splits=("test",),
+        parse_row=parse_competition,
+        hub={"test": HubSource("math-ai/amc23", None, "test")},
+        local={"test": "amc23/test.jsonl"},
+    ),
+    "aime24": TaskSpec(
+        name="aime24",
+        grader="math",
+        splits=("test",),
+        parse_row=parse_competition,
+        hub={"test": HubSource("HuggingFaceH4/aime_2024", None, "train")},
+        local={"test": "aime24/test.jsonl"},
+    ),
     "arith": TaskSpec(
         name="arith",
         grader="numeric",
@@ -285,6 +381,18 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
                 yield where, RowError(None, f"is not valid JSON ({exc.msg})")
 
 
+def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """(`file:row N`, row dict) of a local Parquet file (the hub's own storage format)."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged or foreign file
+        raise DataError(f"Cannot read Parquet file {path}: {exc}.") from exc
+    for index, row in enumerate(table.to_pylist()):
+        yield f"{path}:row {index}", row
+
+
 def _hub_rows(source: HubSource) -> Iterator[tuple[str, Any]]:
     """Rows of a hub dataset; `datasets` is imported only here because it is slow to import."""
     import datasets
@@ -301,12 +409,13 @@ def _hub_rows(source: HubSource) -> Iterator[tuple[str, Any]]:
 
 
 def _resolve(spec: TaskSpec, split: str, path: Path) -> Path:
-    """A file is used as is; a folder must hold `{split}.jsonl` or the task's shared-data file."""
+    """A file is used as is; a folder must hold `{split}.jsonl`, `{split}.parquet` or the task's
+    shared-data file."""
     if not path.is_dir():
         if not path.exists():
             raise DataError(f"Data file {path} does not exist.")
         return path
-    candidates = [path / f"{split}.jsonl"]
+    candidates = [path / f"{split}.jsonl", path / f"{split}.parquet"]
     if split in spec.local:
         candidates.append(path / spec.local[split])
     for candidate in candidates:
@@ -326,7 +435,8 @@ def load_task(
     on_error: str = "raise",
     **options: Any,
 ) -> list[Record]:
-    """The first `limit` records of a task's split, from `path` (JSONL file or folder) or the hub.
+    """The first `limit` records of a task's split, from `path` (a JSONL or Parquet file, or a
+    folder) or the hub.
 
     `on_error="skip"` drops malformed rows with one warning per source instead of raising.
     `options` go to a generated task's generator (arith: `min_ops`, `max_ops`).
@@ -354,7 +464,8 @@ def load_task(
 
     if path is not None:
         source = str(_resolve(spec, split, Path(path)))
-        rows = _jsonl_rows(Path(source))
+        reader = _parquet_rows if source.endswith(".parquet") else _jsonl_rows
+        rows = reader(Path(source))
     elif split in spec.hub:
         hub = spec.hub[split]
         source = f"hub dataset {hub.path} split {hub.split!r}"
