@@ -526,6 +526,26 @@ CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
         ["data.train.limit=0"],
         "data.train.limit=0 must be a positive integer or null",
     ),
+    "unknown exploration": lambda tmp: (
+        ["stage=grpo", "stage.exploration=tokens"],
+        "stage.exploration='tokens' is not one of ('latent', 'answer', 'both')",
+    ),
+    "missing reasoner body": lambda tmp: (
+        ["reasoner.arch=pretrained", "+reasoner.init_from=/nowhere/body.gguf"],
+        "reasoner.init_from=/nowhere/body.gguf does not exist",
+    ),
+    "record without its SFT target": lambda tmp: (
+        [
+            "data=openr1_math",
+            f"data.train.path={ROOT / 'tests' / 'fixtures' / 'openr1_math.jsonl'}",
+            "data.on_error=raise",
+            "data.val.task=null",
+            f"data.val.path={ROOT / 'tests' / 'fixtures' / 'openr1_math.jsonl'}",
+            "data.val.split=train",
+        ],
+        "data.prompt.target='response' but record '11111111-aaaa-4bbb-8ccc-000000000003' has "
+        "no response text (data.on_error=skip drops such records)",
+    ),
     "negative skip budget": lambda tmp: (
         ["guard.skip_nonfinite=-1"],
         "guard.skip_nonfinite=-1 must be a non-negative integer",
