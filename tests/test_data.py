@@ -276,13 +276,17 @@ def test_hub_rows_use_the_same_parser(monkeypatch: pytest.MonkeyPatch) -> None:
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-def _as_parquet(jsonl: Path, out: Path) -> Path:
+def fixture_file(name: str, fmt: str, tmp_path: Path) -> Path:
+    """`tests/fixtures/<name>.jsonl`, or the same rows written as Parquet (the hub's format)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    jsonl = FIXTURES / f"{name}.jsonl"
+    if fmt == "jsonl":
+        return jsonl
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    pq.write_table(pa.Table.from_pylist(rows), out)
-    return out
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train.parquet")
+    return tmp_path / "train.parquet"
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
@@ -290,10 +294,7 @@ def test_openr1_math_loads_verified_responses(fmt: str, tmp_path: Path) -> None:
     from lrt.data.prompts import PromptConfig, target_text
     from lrt.grading import grade
 
-    path = FIXTURES / "openr1_math.jsonl"
-    if fmt == "parquet":
-        path = _as_parquet(path, tmp_path / "train.parquet")
-    records = load_task("openr1_math", "train", path=path)
+    records = load_task("openr1_math", "train", path=fixture_file("openr1_math", fmt, tmp_path))
     assert [r.answer for r in records] == ["5", "\\frac{3}{4}", "-3"]
     assert records[0].id == "11111111-aaaa-4bbb-8ccc-000000000001"
     # The first generation math-verify marked correct, after its reasoning trace.
@@ -314,10 +315,7 @@ def test_openr1_math_loads_verified_responses(fmt: str, tmp_path: Path) -> None:
 def test_deepscaler_loads_and_grades_its_gold(fmt: str, tmp_path: Path) -> None:
     from lrt.grading import grade
 
-    path = FIXTURES / "deepscaler.jsonl"
-    if fmt == "parquet":
-        path = _as_parquet(path, tmp_path / "train.parquet")
-    records = load_task("deepscaler", "train", path=path)
+    records = load_task("deepscaler", "train", path=fixture_file("deepscaler", fmt, tmp_path))
     assert [r.answer for r in records] == ["56", "13", "4"]
     assert all(r.solution for r in records)
     assert all(grade("deepscaler", f"So we get \\boxed{{{r.answer}}}", r) for r in records)
