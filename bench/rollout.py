@@ -34,6 +34,7 @@ the ratio is conservative; `--trl-gradient-checkpointing` is TRL's default).
     python bench/rollout.py                                   # SmolLM2-135M on CPU
     python bench/rollout.py --model tiny_random --repeats 1   # smoke test, seconds
     python bench/rollout.py --skip-trl                        # part 1 and the latent step only
+    python bench/rollout.py --skip-trl --exploration answer   # the paper's answer-token step
     python bench/rollout.py --model qwen3_1_7b_random         # on a GPU machine (bf16)
 """
 
@@ -102,6 +103,8 @@ def stage_config(args: argparse.Namespace) -> dict[str, Any]:
         num_generations=args.generations,
         max_answer_tokens=args.max_answer_tokens,
         log_samples_every_n_steps=0,
+        exploration=args.exploration,
+        temperature=args.temperature,
     )
     return stage
 
@@ -247,7 +250,7 @@ def latent_step_part(args: argparse.Namespace, lm: LatentLM) -> dict[str, Any]:
     steps = timer.times[1:]  # the first batch is the warm-up
     median = sorted(steps)[len(steps) // 2]
     return {
-        "path": "latent GRPO",
+        "path": f"GRPO {args.exploration}",
         "step_s": median,
         "rollout_s": sorted(rollout_times[1:])[len(steps) // 2],
         "timed_steps": len(steps),
@@ -431,7 +434,7 @@ def report(args: argparse.Namespace, latent: dict[str, Any], trl: dict[str, Any]
         )
     latent_step = latent["step"]
     print(
-        f"latent GRPO: GRPOModule.training_step under lightning.Trainer, median of "
+        f"GRPO {args.exploration}: GRPOModule.training_step under lightning.Trainer, median of "
         f"{latent_step['timed_steps']} steps after {latent_step['warmup_steps']} warm-up "
         f"(first step {latent_step['first_step_s']:.3f} s)"
     )
@@ -451,7 +454,7 @@ def report(args: argparse.Namespace, latent: dict[str, Any], trl: dict[str, Any]
             f"checkpointing {'on' if trl['gradient_checkpointing'] else 'off'}; timed {when}"
         )
         step_speedup = ratio(trl["step_s"], latent_step["step_s"])
-        print(f"latent GRPO step over TRL's step: {step_speedup:.2f}x (target >= 5x)")
+        print(f"GRPO {args.exploration} step over TRL's step: {step_speedup:.2f}x (target >= 5x)")
     write_json(
         args.out,
         "rollout.json",
@@ -473,6 +476,15 @@ def main() -> None:
     p.add_argument("--k", type=int, default=8, help="latent tokens of a fresh reasoner")
     p.add_argument("--reasoner", default=None, help="a trained reasoner folder (replaces --k)")
     p.add_argument("--max-answer-tokens", type=int, default=8)
+    p.add_argument(
+        "--exploration",
+        choices=["latent", "answer", "both"],
+        default="latent",
+        help="what the GRPO step samples (answer/both back-propagate through the base)",
+    )
+    p.add_argument(
+        "--temperature", type=float, default=None, help="answer sampling (default 0, 1 for answer)"
+    )
     p.add_argument("--trl-max-completion", type=int, default=256)
     p.add_argument(
         "--trl-micro-batch", type=int, default=None, help="completions per TRL backward (G)"
@@ -487,6 +499,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--part", choices=["all", "latent", "trl"], default="all")
     args = p.parse_args()
+    if args.temperature is None:
+        args.temperature = 0.0 if args.exploration == "latent" else 1.0
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.part == "latent":
