@@ -424,12 +424,8 @@ def trl_config(
 def _checkpointing_field(config_cls: type) -> str:
     """transformers 5.x renamed `gradient_checkpointing` to `activation_checkpointing` (the old
     name warns); use whichever this version has."""
-    names = {f.name for f in fields(config_cls)}
-    return (
-        "activation_checkpointing"
-        if "activation_checkpointing" in names
-        else ("gradient_checkpointing")
-    )
+    new = "activation_checkpointing"
+    return new if new in {f.name for f in fields(config_cls)} else "gradient_checkpointing"
 
 
 def lora_config(lora: LoraSettings) -> Any:
