@@ -1,5 +1,8 @@
 """Train a reasoner: `python train.py [stage=sft|grpo] [model=...] [data=...] [key=value ...]`.
 
+`stage=grpo_cot` trains the token-space baseline instead (LoRA adapters of the base, with TRL;
+see `lrt/training/grpo_cot.py`).
+
 Builds the frozen backbone, the reasoner, the DataModule and the stage's LightningModule from
 the Hydra config, trains with a Lightning Trainer (checkpoints in `<run>/checkpoints`, resumed
 automatically from `last.ckpt`), exports the reasoner to `<run>/reasoner/{best,final}` and
@@ -196,6 +199,10 @@ def train(cfg: DictConfig) -> Path:
     validate_train(cfg)
     run_dir = resolve_run_dir(cfg)
     check_run_dir(run_dir, cfg.guard.min_free_gb)
+    if cfg.stage.name == "grpo_cot":  # token-space baseline: TRL trains LoRA adapters, no reasoner
+        from lrt.training.grpo_cot import train_grpo_cot
+
+        return train_grpo_cot(cfg, run_dir)
     ckpt_dir = run_dir / "checkpoints"
     resume = resume_path(cfg, ckpt_dir)
     L.seed_everything(cfg.seed, workers=True)

@@ -17,7 +17,7 @@ from lrt.data.tasks import TASKS
 from lrt.errors import ConfigError
 from lrt.reasoner import ReasonerConfig
 
-STAGES = ("sft", "grpo")
+STAGES = ("sft", "grpo", "grpo_cot")
 
 
 def check_path(key: str, value: str | None) -> None:
@@ -93,6 +93,10 @@ def validate_train(cfg: DictConfig) -> None:
         from lrt.training.grpo import grpo_settings
 
         grpo_settings(OmegaConf.to_container(cfg.stage, resolve=True))
+    elif cfg.stage.name == "grpo_cot":
+        from lrt.training.grpo_cot import grpo_cot_settings
+
+        grpo_cot_settings(OmegaConf.to_container(cfg.stage, resolve=True))
     validate_guard(cfg.guard)
     if cfg.final_eval.enabled:
         from lrt.evaluation import parse_mode

@@ -13,7 +13,9 @@ The pieces, from the inside out:
 - `evaluate` runs a whole `conf/evaluate.yaml` composition and writes the results folder.
 
 `nothink` and `cot` never touch the reasoner, so they are evaluated once per task, under the
-checkpoint label `base`; `lrt` and `hybrid` are evaluated once per reasoner.
+checkpoint label `base`; `lrt` and `hybrid` are evaluated once per reasoner. LoRA adapters of
+the token-space baseline (`adapter=`, trained by `stage=grpo_cot`) change the base itself, so
+each gets the base-only modes again under the label `adapter:<run>/final`.
 """
 
 from __future__ import annotations
@@ -475,7 +477,7 @@ def validate_evaluate(cfg: DictConfig) -> list[str]:
         raise ConfigError(f"limit={cfg.limit} must be positive (or null for the whole split)")
     if cfg.run_reasoner not in RUN_REASONERS:
         raise ConfigError(f"run_reasoner={cfg.run_reasoner!r} is not one of {RUN_REASONERS}")
-    for key in ("checkpoints", "sweep_dir"):
+    for key in ("checkpoints", "sweep_dir", "adapter"):
         for path in _as_list(cfg.get(key)):
             check_path(key, path)
     pk = cfg.pass_at_k
@@ -570,6 +572,21 @@ def load_checkpoints(cfg: DictConfig, lm_base: LatentLM) -> list[Checkpoint]:
         lm = LatentLM(backbone, reasoner).to(lm_base.device)
         out.append(Checkpoint(label, path, lm, run_folder(path) if sweep else None))
         log.info("reasoner %s: %s (K=%d)", label, path, reasoner.num_latents)
+    return out
+
+
+def load_adapters(cfg: DictConfig, lm_base: LatentLM) -> list[Checkpoint]:
+    """Every LoRA adapter named by `adapter`, merged into its own copy of the base, up front
+    (an adapter for another base fails before anything is decoded)."""
+    from lrt.adapter import adapter_label, find_adapter, merged_backbone
+
+    out = []
+    for source in _as_list(cfg.get("adapter")):
+        folder = find_adapter(source)
+        backbone = merged_backbone(folder, lm_base.backbone)
+        label = adapter_label(folder)
+        out.append(Checkpoint(label, folder, LatentLM(backbone).to(lm_base.device)))
+        log.info("adapter %s: %s (merged into a copy of the base)", label, folder)
     return out
 
 
@@ -756,6 +773,7 @@ def evaluate(cfg: DictConfig) -> Path:
     base = LatentLM(backbone).to(backbone.device)
     log.info("base %s on %s", backbone.name, backbone.device)
     checkpoints = load_checkpoints(cfg, base)
+    adapters = load_adapters(cfg, base)
 
     base_labels = [m for m in labels if parse_mode(m)[0] not in REASONER_MODES]
     reasoner_labels = [m for m in labels if parse_mode(m)[0] in REASONER_MODES]
@@ -765,6 +783,7 @@ def evaluate(cfg: DictConfig) -> Path:
             ", ".join(reasoner_labels),
         )
     jobs = [(Checkpoint("base", None, base), m) for m in base_labels]
+    jobs += [(a, m) for a in adapters for m in base_labels]
     jobs += [(c, m) for c in checkpoints for m in reasoner_labels]
 
     pk = cfg.pass_at_k
