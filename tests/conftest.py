@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,3 +74,16 @@ def train_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def run_script() -> Callable[..., subprocess.CompletedProcess]:
+    """Run `train.py` / `evaluate.py` in a fresh interpreter: one thread, wandb never online."""
+
+    def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_API_KEY": "", "WANDB_MODE": ""}
+        return subprocess.run(
+            [sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, env=env
+        )
+
+    return _run

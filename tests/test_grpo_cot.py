@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -201,17 +198,10 @@ def test_adapter_for_another_base_is_refused(tmp_path: Path, tiny_backbone: Back
     json.loads((ckpt / META_NAME).read_text())
 
 
-def run(script: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_API_KEY": "", "WANDB_MODE": ""}
-    return subprocess.run(
-        [sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, env=env
-    )
-
-
 @pytest.mark.slow
-def test_two_steps_write_an_adapter_that_evaluate_loads(tmp_path: Path) -> None:
+def test_two_steps_write_an_adapter_that_evaluate_loads(tmp_path: Path, run_script) -> None:
     run_dir = tmp_path / "gc"
-    result = run(
+    result = run_script(
         "train.py",
         "stage=grpo_cot",
         "model=tiny_random",
@@ -239,7 +229,7 @@ def test_two_steps_write_an_adapter_that_evaluate_loads(tmp_path: Path) -> None:
     assert "| base | cot@6 | 2 |" in table and "| adapter:gc/final | nothink | 2 |" in table
 
     out = tmp_path / "eval"
-    result = run(
+    result = run_script(
         "evaluate.py",
         "model=tiny_random",
         f"adapter={run_dir}",
@@ -262,8 +252,8 @@ def test_two_steps_write_an_adapter_that_evaluate_loads(tmp_path: Path) -> None:
     assert {r["checkpoint_path"] for r in rows} == {None, str(final)}
 
 
-def test_unknown_stage_key_is_one_line_before_any_model(tmp_path: Path) -> None:
-    result = run(
+def test_unknown_stage_key_is_one_line_before_any_model(tmp_path: Path, run_script) -> None:
+    result = run_script(
         "train.py",
         "stage=grpo_cot",
         "model=tiny_random",

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -32,17 +29,12 @@ PAPER_BASES = {
 }
 
 
-def run(script: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_API_KEY": "", "WANDB_MODE": ""}
-    return subprocess.run(
-        [sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, env=env
-    )
-
-
 @pytest.mark.slow
-def test_multirun_over_k_and_sweep_summary(tmp_path: Path) -> None:
+def test_multirun_over_k_and_sweep_summary(tmp_path: Path, run_script) -> None:
     sweep = tmp_path / "sweep"
-    result = run("train.py", "-m", *TINY, "reasoner.num_latents=2,4", f"hydra.sweep.dir={sweep}")
+    result = run_script(
+        "train.py", "-m", *TINY, "reasoner.num_latents=2,4", f"hydra.sweep.dir={sweep}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(runs) == 2
@@ -51,7 +43,7 @@ def test_multirun_over_k_and_sweep_summary(tmp_path: Path) -> None:
         assert (job / ".hydra" / "config.yaml").is_file()
 
     out = tmp_path / "eval"
-    result = run(
+    result = run_script(
         "evaluate.py",
         "model=tiny_random",
         f"sweep_dir={sweep}",
@@ -89,9 +81,9 @@ def test_every_experiment_config_composes(compose_train) -> None:
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes_keeps_ranks_identical(tmp_path: Path) -> None:
+def test_ddp_on_two_cpu_processes_keeps_ranks_identical(tmp_path: Path, run_script) -> None:
     run_dir = tmp_path / "ddp"
-    result = run(
+    result = run_script(
         "train.py",
         *TINY,
         "reasoner.num_latents=2",
@@ -108,9 +100,9 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_wandb_logger_runs_offline(tmp_path: Path) -> None:
+def test_wandb_logger_runs_offline(tmp_path: Path, run_script) -> None:
     run_dir = tmp_path / "wb"
-    result = run(
+    result = run_script(
         "train.py", *TINY, "reasoner.num_latents=2", "logger=wandb", f"hydra.run.dir={run_dir}"
     )
     assert result.returncode == 0, result.stderr[-3000:]
