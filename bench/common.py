@@ -42,7 +42,12 @@ def load(model: str, device: str) -> Backbone:
     return backbone
 
 
-def latent_lm(backbone: Backbone, k: int, width: int = 256, depth: int = 2) -> LatentLM:
+def latent_lm(
+    backbone: Backbone, k: int, width: int = 256, depth: int = 2, seed: int = 0
+) -> LatentLM:
+    """A freshly initialised reasoner of K latents, seeded so that every run of a benchmark
+    decodes the same answers (an untrained reasoner's answer lengths drive its latency)."""
+    torch.manual_seed(seed)
     reasoner = build_reasoner(
         {"num_latents": k, "width": width, "depth": depth, "heads": 4},
         backbone.name,
