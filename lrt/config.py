@@ -14,7 +14,7 @@ from lrt.backbone import backbone_config
 from lrt.data.datamodule import PromptLimit
 from lrt.data.prompts import PromptConfig
 from lrt.data.tasks import TASKS
-from lrt.errors import ConfigError
+from lrt.errors import ConfigError, reject_unknown_keys
 from lrt.reasoner import ReasonerConfig
 
 STAGES = ("sft", "grpo", "grpo_cot")
@@ -66,9 +66,7 @@ def validate_data(cfg: DictConfig) -> None:
 
 def validate_guard(guard: DictConfig) -> None:
     """`guard.skip_nonfinite` and `guard.min_free_gb` (see conf/train.yaml)."""
-    unknown = sorted(set(guard) - {"skip_nonfinite", "min_free_gb"})
-    if unknown:
-        raise ConfigError(f"unknown key 'guard.{unknown[0]}'")
+    reject_unknown_keys(guard, ("skip_nonfinite", "min_free_gb"), "guard")
     skips = guard.skip_nonfinite
     if isinstance(skips, bool) or not isinstance(skips, int) or skips < 0:
         raise ConfigError(f"guard.skip_nonfinite={skips} must be a non-negative integer")

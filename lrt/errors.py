@@ -1,8 +1,11 @@
-"""Error types raised on bad input.
+"""Error types raised on bad input, and the unknown-key check every config section shares.
 
 Every error carries a single-sentence message that names the offending file, line,
 key or value, so a researcher can fix the input without reading a traceback.
 """
+
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 class LrtError(Exception):
@@ -23,3 +26,11 @@ class CheckpointError(LrtError):
 
 class NonFiniteLossError(LrtError):
     """A NaN or infinite loss or gradient during training."""
+
+
+def reject_unknown_keys(raw: Mapping[str, Any], known: Iterable[str], where: str) -> None:
+    """Name the first key of config section `where` that is not one of `known`: a misspelt key
+    would otherwise be silently ignored, or fail later as a bare TypeError."""
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key '{where}.{unknown[0]}'")

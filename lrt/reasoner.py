@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lrt.errors import CheckpointError, ConfigError
+from lrt.errors import CheckpointError, ConfigError, reject_unknown_keys
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -88,10 +88,7 @@ class ReasonerConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "reasoner") -> ReasonerConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"unknown key '{where}.{unknown[0]}'")
+        reject_unknown_keys(raw, (f.name for f in fields(cls)), where)
         return cls(**raw)
 
 

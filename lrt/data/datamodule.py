@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import lightning as L
@@ -16,7 +16,7 @@ from lrt.data.collate import pad_answers, pad_prompts
 from lrt.data.prompts import PromptConfig, format_prompt, format_target, target_text
 from lrt.data.records import Record
 from lrt.data.tasks import load_task
-from lrt.errors import ConfigError, DataError
+from lrt.errors import ConfigError, DataError, reject_unknown_keys
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,7 @@ class SplitConfig:
 
 
 def split_config(raw: Mapping[str, Any], key: str) -> SplitConfig:
-    known = {"split", "path", "limit", "task"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"unknown key 'data.{key}.{unknown[0]}'")
+    reject_unknown_keys(raw, (f.name for f in fields(SplitConfig)), f"data.{key}")
     limit = raw.get("limit")
     if not _positive_int_or_none(limit):
         raise ConfigError(f"data.{key}.limit={limit} must be a positive integer or null")

@@ -44,7 +44,7 @@ from torch import nn
 
 from lrt.data.collate import pad_token_rows
 from lrt.data.records import Record
-from lrt.errors import CheckpointError, ConfigError
+from lrt.errors import CheckpointError, ConfigError, reject_unknown_keys
 from lrt.grading import extract, grade
 from lrt.latent_lm import Generation, LatentLM, Prefix
 from lrt.training.base import StageModule
@@ -153,9 +153,7 @@ class GRPOConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> GRPOConfig:
-        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown key 'stage.{unknown[0]}'")
+        reject_unknown_keys(raw, (f.name for f in fields(cls)), "stage")
         return cls(**raw)
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lrt.data.records import Record
-from lrt.errors import CheckpointError, ConfigError
+from lrt.errors import CheckpointError, ConfigError, reject_unknown_keys
 from lrt.grading import grade
 
 log = logging.getLogger(__name__)
@@ -184,9 +184,7 @@ class GRPOCoTSettings:
 
 
 def _known(raw: Mapping[str, Any], cls: type, where: str) -> dict[str, Any]:
-    unknown = sorted(set(raw) - {f.name for f in fields(cls)})
-    if unknown:
-        raise ConfigError(f"unknown key '{where}.{unknown[0]}'")
+    reject_unknown_keys(raw, (f.name for f in fields(cls)), where)
     return dict(raw)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from lrt.errors import ConfigError
+from lrt.errors import ConfigError, reject_unknown_keys
 
 
 @dataclass
@@ -29,9 +29,7 @@ class OptimConfig:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> OptimConfig:
-        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"unknown key 'stage.optim.{unknown[0]}'")
+        reject_unknown_keys(raw, cls.__dataclass_fields__, "stage.optim")
         return cls(**raw)
 
 
