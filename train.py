@@ -30,10 +30,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lrt.build import backbone_from, load_reasoner, new_reasoner, read_checkpoint
 from lrt.config import validate_train
-from lrt.data.datamodule import LRTDataModule, load_split, split_config
+from lrt.data.datamodule import LRTDataModule, load_limited_split
 from lrt.data.prompts import PromptConfig
 from lrt.errors import CheckpointError, ConfigError, LrtError
-from lrt.evaluation import DecodeConfig, accuracy, mean_tokens, predict
+from lrt.evaluation import DecodeConfig, mode_rows
 from lrt.latent_lm import LatentLM
 from lrt.loggers import build_loggers
 from lrt.report import print_table
@@ -155,39 +155,19 @@ def final_comparison(
 ) -> list[dict]:
     """Accuracy and tokens of each mode on the same held-out questions."""
     prompt = PromptConfig(**dict(cfg.data.prompt))
-    records = data.prompt_limit.apply(
-        load_split(
-            cfg.data.task,
-            split_config(cfg.data.test, "test"),
-            cfg.data.on_error,
-            dict(cfg.data.get("options") or {}),
-        ),
-        lm.tokenizer,
-        prompt,
-        lm.backbone.config.system_prompt,
-        "data.test",
-    )
+    system = lm.backbone.config.system_prompt
+    records = load_limited_split(cfg.data, "test", data.prompt_limit, lm.tokenizer, prompt, system)
     decode = DecodeConfig(max_answer_tokens=cfg.final_eval.max_answer_tokens)
-    rows = []
-    for mode in cfg.final_eval.modes:
-        preds = predict(
-            lm,
-            cfg.data.task,
-            records,
-            prompt,
-            mode,
-            decode,
-            batch_size=cfg.final_eval.batch_size,
-            seed=cfg.seed,
-        )
-        rows.append(
-            {
-                "mode": mode,
-                "questions": len(preds),
-                "accuracy": accuracy(preds),
-                "mean_tokens": mean_tokens(preds),
-            }
-        )
+    rows = mode_rows(
+        lm,
+        cfg.data.task,
+        records,
+        prompt,
+        cfg.final_eval.modes,
+        decode,
+        cfg.final_eval.batch_size,
+        cfg.seed,
+    )
     print_table(
         f"held-out {cfg.data.task} ({cfg.data.test.split})", rows, path=run_dir / "final_eval.md"
     )

@@ -271,6 +271,32 @@ def mean_tokens(predictions: Sequence[Prediction]) -> float:
     return sum(p.tokens for p in predictions) / max(len(predictions), 1)
 
 
+def mode_rows(
+    lm: LatentLM,
+    task: str,
+    records: Sequence[Record],
+    prompt: PromptConfig,
+    modes: Sequence[str],
+    decode: DecodeConfig,
+    batch_size: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """`mode`, `questions`, `accuracy` and `mean_tokens` of each mode on the same records: the
+    held-out table a training stage prints when it ends."""
+    rows = []
+    for mode in modes:
+        preds = predict(lm, task, records, prompt, mode, decode, batch_size=batch_size, seed=seed)
+        rows.append(
+            {
+                "mode": mode,
+                "questions": len(preds),
+                "accuracy": accuracy(preds),
+                "mean_tokens": mean_tokens(preds),
+            }
+        )
+    return rows
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from `c` correct out of `n` samples: `1 - C(n-c, k) / C(n, k)`.
 

@@ -195,7 +195,8 @@ def test_adapter_for_another_base_is_refused(tmp_path: Path, tiny_backbone: Back
     cfg = OmegaConf.create({"ckpt_path": None})
     with pytest.raises(CheckpointError, match="trained for base model 'other'"):
         resume_checkpoint(cfg, ckpt.parent, "tiny-random-qwen3")
-    json.loads((ckpt / META_NAME).read_text())
+    # Refusing leaves the checkpoint's metadata as it was.
+    assert json.loads((ckpt / META_NAME).read_text())["base_model"] == "other"
 
 
 @pytest.mark.slow

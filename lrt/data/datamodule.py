@@ -160,6 +160,25 @@ def load_split(
     )
 
 
+def load_limited_split(
+    data_cfg: Mapping[str, Any],
+    key: str,
+    limit: PromptLimit,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: PromptConfig,
+    system: str | None,
+) -> list[Record]:
+    """The records of `data.<key>`, each prompt within `limit`: what a stage trains or reports
+    on outside the DataModule (the final held-out table, the TRL baseline's prompts)."""
+    records = load_split(
+        str(data_cfg["task"]),
+        split_config(data_cfg[key], key),
+        str(data_cfg.get("on_error", "raise")),
+        dict(data_cfg.get("options") or {}),
+    )
+    return limit.apply(records, tokenizer, prompt, system, f"data.{key}")
+
+
 def with_targets(
     records: list[Record], prompt: PromptConfig, on_error: str, where: str
 ) -> list[Record]:

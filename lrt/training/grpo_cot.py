@@ -518,7 +518,7 @@ def train_grpo_cot(cfg: DictConfig, run_dir: Path) -> Path:
 
     from lrt.adapter import write_meta
     from lrt.build import backbone_from
-    from lrt.data.datamodule import PromptLimit, load_split, split_config
+    from lrt.data.datamodule import PromptLimit, load_limited_split
     from lrt.data.prompts import PromptConfig
 
     stage = OmegaConf.to_container(cfg.stage, resolve=True)
@@ -538,13 +538,9 @@ def train_grpo_cot(cfg: DictConfig, run_dir: Path) -> Path:
         )
     limit = PromptLimit.from_config(cfg.data, budget)
     system = backbone.config.system_prompt
-    options = dict(cfg.data.get("options") or {})
 
     def split(key: str) -> list[Record]:
-        raw = load_split(
-            cfg.data.task, split_config(cfg.data[key], key), cfg.data.on_error, options
-        )
-        return limit.apply(raw, tokenizer, prompt, system, f"data.{key}")
+        return load_limited_split(cfg.data, key, limit, tokenizer, prompt, system)
 
     records = split("train")
     dataset = build_dataset(records, tokenizer, prompt, system, backbone.config.think_open)
@@ -618,7 +614,7 @@ def final_comparison(
     """Base and base+adapter on the same held-out questions in `stage.eval_modes` (`cot` at the
     training thinking budget), decoded by lrt's own decoder like evaluate.py's rows."""
     from lrt.data.prompts import PromptConfig
-    from lrt.evaluation import DecodeConfig, accuracy, mean_tokens, parse_mode, predict
+    from lrt.evaluation import DecodeConfig, mode_rows, parse_mode
     from lrt.latent_lm import LatentLM
     from lrt.report import print_table
 
@@ -632,22 +628,10 @@ def final_comparison(
     lm = LatentLM(backbone)  # backbone.model now carries the LoRA layers peft injected
 
     def rows(label: str) -> list[dict]:
-        out = []
-        for mode in modes:
-            preds = predict(
-                lm, cfg.data.task, records, prompt, mode, decode,
-                batch_size=cfg.final_eval.batch_size, seed=cfg.seed,
-            )  # fmt: skip
-            out.append(
-                {
-                    "checkpoint": label,
-                    "mode": mode,
-                    "questions": len(preds),
-                    "accuracy": accuracy(preds),
-                    "mean_tokens": mean_tokens(preds),
-                }
-            )
-        return out
+        table = mode_rows(
+            lm, cfg.data.task, records, prompt, modes, decode, cfg.final_eval.batch_size, cfg.seed
+        )
+        return [{"checkpoint": label, **row} for row in table]
 
     table = []
     if settings.compare_base:
