@@ -8,9 +8,10 @@ the Hydra config, trains with a Lightning Trainer (checkpoints in `<run>/checkpo
 automatically from `last.ckpt`), exports the reasoner to `<run>/reasoner/{best,final}` and
 ends with a held-out comparison of `lrt` against `nothink` on the same questions.
 
-A run killed at any point and restarted with the same command continues from its last
-checkpoint and ends as the uninterrupted run would; SIGTERM or Ctrl+C first write one. Bad
-input stops it with one line, `error: <message>`, and exit status 1.
+A run killed at any point and resumed with `python train.py resume=<run folder>` (or the same
+`run_name=`) continues from its last checkpoint and ends as the uninterrupted run would;
+SIGTERM or Ctrl+C first write one, and every stop prints the resume command. Bad input stops
+it with one line, `error: <message>`, and exit status 1.
 """
 
 from __future__ import annotations
@@ -59,6 +60,35 @@ class Stopped(Exception):
         self.signum = signum
 
 
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in `run_dir` (see `resume_argv`)."""
+    return f"python train.py resume={run_dir}"
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """`resume=<run folder>` on the command line: the run's own overrides (its
+    `.hydra/overrides.yaml`), then any others given now, in that run folder.
+
+    Re-composing from the saved overrides, rather than loading the saved config, keeps the
+    run's `.hydra` record and the resumed run's composition identical; later overrides win, so
+    `resume=<run> stage.max_steps=400` trains on for longer.
+    """
+    given = [a for a in argv if a.startswith("resume=")]
+    if not given:
+        return argv
+    if "-m" in argv or "--multirun" in argv:
+        sys.exit("error: resume= continues one run; resume each job of a sweep by its folder")
+    run_dir = Path(given[-1].split("=", 1)[1]).expanduser()
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        sys.exit(f"error: resume={run_dir}: {saved} does not exist, so it is not a train.py run")
+    overrides: dict[str, str] = {}
+    for item in [*map(str, OmegaConf.load(saved)), *(a for a in argv if a not in given)]:
+        overrides[item.split("=", 1)[0].lstrip("+~")] = item
+    overrides.pop("run_name", None)
+    return [*overrides.values(), f"run_name={run_dir.name}", f"hydra.run.dir={run_dir}"]
+
+
 def resolve_run_dir(cfg: DictConfig) -> Path:
     if cfg.run_dir is None:
         with open_dict(cfg):
@@ -101,7 +131,13 @@ def build_stage(cfg: DictConfig, lm: LatentLM):
     optim = OptimConfig.from_dict(dict(cfg.stage.optim))
     if cfg.stage.name == "sft":
         module = SFTModule(
-            lm, cfg.data.task, optim, cfg.stage.max_steps, cfg.stage.val_max_answer_tokens
+            lm,
+            cfg.data.task,
+            optim,
+            cfg.stage.max_steps,
+            cfg.stage.val_max_answer_tokens,
+            micro_batch_size=cfg.stage.get("micro_batch_size"),
+            max_grad_norm=cfg.stage.get("max_grad_norm", 1.0),
         )
     else:
         from lrt.training.grpo import GRPOModule
@@ -131,29 +167,23 @@ def prompt_budget(cfg: DictConfig, lm: LatentLM) -> int | None:
     return context - span - answer
 
 
-def trainer_arguments(cfg: DictConfig, module, lm: LatentLM) -> dict:
-    """Trainer kwargs from `conf/trainer`, with the FSDP strategy built for this model."""
-    # The DataModule's batch sampler splits every step across ranks itself.
+def trainer_arguments(cfg: DictConfig) -> dict:
+    """Trainer kwargs from `conf/trainer`, with `strategy: fsdp` as FSDP2 (see strategies.py)."""
+    # The DataModule's batch sampler splits every global batch across ranks itself.
     kwargs = {**cfg.trainer, "use_distributed_sampler": False}
-    if not module.automatic_optimization:  # the module clips its own gradients
-        kwargs.pop("gradient_clip_val", None)
     if kwargs.get("strategy") == "fsdp":
-        from lightning.pytorch.strategies import FSDPStrategy
+        from lrt.training.strategies import ShardedDataParallel
 
-        from lrt.reasoner import ReasonerBlock
-
-        layers = {type(lm.base.get_decoder().layers[0]), ReasonerBlock}
-        body = getattr(lm.reasoner, "body", None)  # arch=pretrained: its own decoder layers
-        if body is not None:
-            layers.add(type(body.layers[0]))
-        kwargs["strategy"] = FSDPStrategy(auto_wrap_policy=layers, use_orig_params=True)
+        kwargs["strategy"] = ShardedDataParallel()
     return kwargs
 
 
 def final_comparison(
-    cfg: DictConfig, lm: LatentLM, data: LRTDataModule, run_dir: Path
+    cfg: DictConfig, module, data: LRTDataModule, run_dir: Path, is_global_zero: bool
 ) -> list[dict]:
-    """Accuracy and tokens of each mode on the same held-out questions."""
+    """Accuracy and tokens of each mode on the same held-out questions: every rank decodes its
+    shard (FSDP's forwards are collectives), rank 0 prints and writes the gathered table."""
+    lm = module.lm
     prompt = PromptConfig(**dict(cfg.data.prompt))
     system = lm.backbone.config.system_prompt
     records = load_limited_split(cfg.data, "test", data.prompt_limit, lm.tokenizer, prompt, system)
@@ -167,10 +197,11 @@ def final_comparison(
         decode,
         cfg.final_eval.batch_size,
         cfg.seed,
+        all_done=module.all_done,
     )
-    print_table(
-        f"held-out {cfg.data.task} ({cfg.data.test.split})", rows, path=run_dir / "final_eval.md"
-    )
+    if is_global_zero:
+        title = f"held-out {cfg.data.task} ({cfg.data.test.split})"
+        print_table(title, rows, path=run_dir / "final_eval.md")
     return rows
 
 
@@ -179,10 +210,20 @@ def train(cfg: DictConfig) -> Path:
     validate_train(cfg)
     run_dir = resolve_run_dir(cfg)
     check_run_dir(run_dir, cfg.guard.min_free_gb)
-    if cfg.stage.name == "grpo_cot":  # token-space baseline: TRL trains LoRA adapters, no reasoner
-        from lrt.training.grpo_cot import train_grpo_cot
+    try:
+        if cfg.stage.name == "grpo_cot":  # token-space baseline: TRL trains LoRA adapters
+            from lrt.training.grpo_cot import train_grpo_cot
 
-        return train_grpo_cot(cfg, run_dir)
+            return train_grpo_cot(cfg, run_dir)
+        return _train_in(cfg, run_dir)
+    except Exception as err:
+        if not isinstance(err, Stopped | ConfigError):
+            err.run_dir = run_dir  # main() prints the command that resumes it
+        raise
+
+
+def _train_in(cfg: DictConfig, run_dir: Path) -> Path:
+    """`train` once the run folder exists: from here a failure can be resumed."""
     ckpt_dir = run_dir / "checkpoints"
     resume = resume_path(cfg, ckpt_dir)
     L.seed_everything(cfg.seed, workers=True)
@@ -209,7 +250,7 @@ def train(cfg: DictConfig) -> Path:
         stopper,
         KeepMetricsOnResume(loggers),
     ]
-    trainer_kwargs = trainer_arguments(cfg, module, lm)
+    trainer_kwargs = trainer_arguments(cfg)
     # After KeepMetricsOnResume has read metrics.csv: the CSV logger's first write replaces it.
     for logger in loggers:  # the resolved config travels with the run (wandb, hparams.yaml)
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -234,16 +275,16 @@ def train(cfg: DictConfig) -> Path:
         raise Stopped(
             stopper.received,
             f"{stopper.received.name} at step {trainer.global_step}: {stopper.checkpoint} "
-            "written; run the same command to resume",
+            f"written; resume with: {resume_command(run_dir)}",
         ) from None
     if stopper.received is not None and cfg.final_eval.enabled:  # came in the last batch
         raise Stopped(
             stopper.received,
-            f"{stopper.received.name} after the last step; run the same command for the "
-            "final evaluation",
+            f"{stopper.received.name} after the last step; for the final evaluation run: "
+            f"{resume_command(run_dir)}",
         )
-    if cfg.final_eval.enabled and trainer.is_global_zero:
-        final_comparison(cfg, lm, data, run_dir)
+    if cfg.final_eval.enabled:
+        final_comparison(cfg, module, data, run_dir, trainer.is_global_zero)
     return run_dir
 
 
@@ -252,13 +293,20 @@ def main(cfg: DictConfig) -> None:
     try:
         train(cfg)
     except LrtError as err:
-        log.error("%s", err)
-        sys.exit(f"error: {err}")
+        hint = getattr(err, "run_dir", None)
+        message = f"{err}; resume with: {resume_command(hint)}" if hint else str(err)
+        log.error("%s", message)
+        sys.exit(f"error: {message}")
     except Stopped as stop:
         log.warning("%s", stop)
         print(f"stopped: {stop}", file=sys.stderr)
         sys.exit(128 + stop.signum)
+    except Exception as err:  # a crash: the traceback follows, and how to continue
+        if getattr(err, "run_dir", None):
+            print(f"crashed; resume with: {resume_command(err.run_dir)}", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":
+    sys.argv = [sys.argv[0], *resume_argv(sys.argv[1:])]
     main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ def new_reasoner(cfg: DictConfig, backbone: Backbone) -> Reasoner:
         backbone.hidden_size,
         backbone.embedding_rms(),
         base=backbone.model,
+        base_config=asdict(backbone.config),
     )
 
 

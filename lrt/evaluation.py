@@ -44,12 +44,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import lrt
+from lrt import sampling
 from lrt.build import backbone_from, load_reasoner
 from lrt.config import check_path
 from lrt.data.datamodule import load_split, split_config
 from lrt.data.prompts import PromptConfig, format_prompt
 from lrt.data.records import Record
 from lrt.data.tasks import TASKS
+from lrt.distributed import gather_objects, padded_shard, world
 from lrt.errors import CheckpointError, ConfigError
 from lrt.grading import extract, grade
 from lrt.latent_lm import Generation, LatentLM, Prefix
@@ -57,6 +59,7 @@ from lrt.loggers import build_loggers
 from lrt.plots import pareto_plot, sweep_plot
 from lrt.reasoner import CONFIG_NAME, WEIGHTS_NAME
 from lrt.report import print_table
+from lrt.sampling import RowNoise
 
 log = logging.getLogger("lrt.evaluate")
 
@@ -167,15 +170,22 @@ def select_rows(prefix: Prefix, rows: Sequence[int]) -> Prefix:
     index = torch.tensor(rows, device=prefix.mask.device)
     cache = copy.deepcopy(prefix.cache)
     cache.batch_select_indices(index)
-    return Prefix(cache, prefix.mask[index], prefix.hidden[index], prefix.last_logits[index])
+    return Prefix(
+        cache, prefix.mask[index], prefix.hidden[index], prefix.last_logits[index], prefix.opened
+    )
 
 
 def _decode(
-    lm: LatentLM, prefix: Prefix, mode: str, decode: DecodeConfig, generator: torch.Generator
+    lm: LatentLM,
+    prefix: Prefix,
+    mode: str,
+    decode: DecodeConfig,
+    noise: RowNoise,
+    all_done: Callable[[bool], bool] | None = None,
 ) -> list[_Answer]:
     """Generate every row of `prefix` in `mode`; hybrid gates `lrt` answers into `cot`."""
 
-    def run(p: Prefix, m: str) -> Generation:
+    def run(p: Prefix, m: str, rows: RowNoise) -> Generation:
         return lm.generate(
             p,
             m,
@@ -184,16 +194,18 @@ def _decode(
             force_answer=decode.force_answer,
             temperature=decode.temperature,
             top_p=decode.top_p,
-            generator=generator,
+            noise=rows,
+            all_done=all_done,
         )
 
     if mode != "hybrid":
-        return _answers(run(prefix, mode))
-    answers = _answers(run(prefix, "lrt"), route="lrt")
+        return _answers(run(prefix, mode, noise))
+    answers = _answers(run(prefix, "lrt", noise), route="lrt")
     # Written as "not >=" so a NaN confidence (no answer tokens to score) also goes to cot.
     low = [i for i, a in enumerate(answers) if not a.confidence >= decode.hybrid_threshold]
     if low:
-        redone = _answers(run(select_rows(prefix, low), "cot"), route="cot")
+        index = torch.tensor(low)
+        redone = _answers(run(select_rows(prefix, low), "cot", noise.select(index)), route="cot")
         for i, again in zip(low, redone, strict=True):
             # The latent attempt was paid for too, so its tokens count; the gate's input stays.
             answers[i] = replace(
@@ -213,12 +225,14 @@ def predict(
     seed: int = 0,
     on_batch: Callable[[list[Prediction]], None] | None = None,
     samples: int = 1,
+    all_done: Callable[[bool], bool] | None = None,
 ) -> list[Prediction]:
     """Decode and grade `records` in `mode` (a label such as `cot@256`), batched.
 
     With `samples` > 1 every question is answered that many times from one prompt encode (the
     cache is repeated, not recomputed); set `decode.temperature` > 0 or the samples coincide.
-    The generator is seeded here, so a row's samples do not depend on what ran before.
+    A sample's randomness is a function of (seed, question position, sample number) alone,
+    so it does not depend on the batch size or on what ran before.
     """
     base_mode, budget = parse_mode(mode)
     if budget is not None:
@@ -226,7 +240,7 @@ def predict(
     if samples < 1:
         raise ConfigError(f"samples={samples} must be at least 1")
     system = lm.backbone.config.system_prompt
-    generator = torch.Generator(device=lm.device).manual_seed(seed)
+    stream = sampling.key(seed)
     out: list[Prediction] = []
     for start in range(0, len(records), batch_size):
         batch = records[start : start + batch_size]
@@ -235,7 +249,8 @@ def predict(
         prefix = lm.encode(*lm.tokenize_prompts(prompts))
         if samples > 1:
             prefix = prefix.fork(samples)
-        answers = _decode(lm, prefix, base_mode, decode, generator)
+        rows = torch.arange(start * samples, (start + len(batch)) * samples, device=lm.device)
+        answers = _decode(lm, prefix, base_mode, decode, RowNoise(stream, rows), all_done)
         per_q = (time.perf_counter() - t0) / len(batch)
         keys = [(r, s) for r in batch for s in range(samples)]
         rows = [
@@ -280,12 +295,23 @@ def mode_rows(
     decode: DecodeConfig,
     batch_size: int,
     seed: int,
+    all_done: Callable[[bool], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """`mode`, `questions`, `accuracy` and `mean_tokens` of each mode on the same records: the
-    held-out table a training stage prints when it ends."""
+    held-out table a training stage prints when it ends.
+
+    Under data parallelism every rank decodes its own shard of the records (padded so that
+    all ranks run the same batches, with `all_done` keeping their decoding in step) and the
+    predictions are gathered, so every rank returns the table of the whole set.
+    """
+    rank, size = world()
+    mine, real = padded_shard(records, rank, size)
     rows = []
     for mode in modes:
-        preds = predict(lm, task, records, prompt, mode, decode, batch_size=batch_size, seed=seed)
+        preds = predict(lm, task, mine, prompt, mode, decode, batch_size, seed, all_done=all_done)[
+            :real
+        ]
+        preds = [p for part in gather_objects(preds) for p in part]
         rows.append(
             {
                 "mode": mode,
@@ -778,6 +804,55 @@ def run_jobs(
     return rows
 
 
+def model_given() -> bool:
+    """Whether the command line chose the `model` group or set a key of it (outside Hydra's
+    main the caller composed `cfg.model` itself, which counts as given)."""
+    if not HydraConfig.initialized():
+        return True
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)
+    return any(k == "model" or k.startswith("model.") for k in keys)
+
+
+def recorded_base_config(path: Path) -> dict[str, Any] | None:
+    """The `model` config a reasoner folder, Lightning checkpoint or adapter recorded."""
+    from lrt.adapter import META_NAME
+    from lrt.build import read_checkpoint
+    from lrt.reasoner import read_config
+
+    if (path / META_NAME).is_file():
+        return json.loads((path / META_NAME).read_text()).get("base_config")
+    if path.is_file():
+        return read_checkpoint(path)["lrt"]["reasoner_config"].get("base_config")
+    return read_config(path).base_config
+
+
+def take_recorded_model(cfg: DictConfig) -> None:
+    """Without `model=` on the command line, evaluate on the base the checkpoints were trained
+    for (as they recorded it); a `model=` that contradicts them is refused when they load."""
+    if model_given():
+        return
+    from lrt.adapter import find_adapter
+
+    paths = [
+        p for src in _as_list(cfg.get("checkpoints")) for p in find_reasoners(src, cfg.run_reasoner)
+    ]
+    paths += [
+        p for src in _as_list(cfg.get("sweep_dir")) for p in find_reasoners(src, cfg.run_reasoner)
+    ]
+    paths += [find_adapter(src) for src in _as_list(cfg.get("adapter"))]
+    recorded = {json.dumps(c, sort_keys=True) for p in paths if (c := recorded_base_config(p))}
+    if len(recorded) > 1:
+        names = sorted(json.loads(c)["name"] for c in recorded)
+        raise ConfigError(
+            f"the checkpoints were trained for different base models ({', '.join(names)}); "
+            "evaluate them separately or pass model="
+        )
+    if recorded:
+        with open_dict(cfg):
+            cfg.model = OmegaConf.create(json.loads(recorded.pop()))
+        log.info("base model %s, as the checkpoints recorded it", cfg.model.name)
+
+
 def evaluate(cfg: DictConfig) -> Path:
     """Run an `evaluate.yaml` composition and write its results folder; returns the folder.
 
@@ -794,6 +869,7 @@ def evaluate(cfg: DictConfig) -> Path:
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = load_tasks(cfg)
+    take_recorded_model(cfg)
     backbone = backbone_from(cfg)
     backbone.model.to(_device(cfg.device))
     base = LatentLM(backbone).to(backbone.device)

@@ -10,6 +10,7 @@ a row's result.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ from lrt.backbone import Backbone
 from lrt.data.collate import pad_answers, pad_prompts
 from lrt.errors import ConfigError
 from lrt.reasoner import Reasoner
+from lrt.sampling import RowNoise, sample_tokens
 
 MODES = ("lrt", "nothink", "cot")
 
@@ -32,6 +34,11 @@ class Prefix:
     mask: torch.Tensor
     hidden: torch.Tensor
     last_logits: torch.Tensor
+    """Next-token logits after the prompt: where decoding starts when the prompt itself
+    already ends with the thinking span's opening marker (`opened`)."""
+    opened: bool = False
+    """Whether the chat template already opened the thinking span (DeepSeek-R1-Distill's
+    generation prompt ends with `<think>\n`): then no mode adds the marker a second time."""
 
     @property
     def batch_size(self) -> int:
@@ -50,7 +57,7 @@ class Prefix:
         def rep(t: torch.Tensor) -> torch.Tensor:
             return t.repeat_interleave(repeats, dim=0) if repeats > 1 else t
 
-        return Prefix(cache, rep(self.mask), rep(self.hidden), rep(self.last_logits))
+        return Prefix(cache, rep(self.mask), rep(self.hidden), rep(self.last_logits), self.opened)
 
 
 @dataclass
@@ -127,7 +134,11 @@ class LatentLM(nn.Module):
             hidden = torch.where(attention_mask.bool().unsqueeze(-1), hidden, 0.0)
         else:
             hidden = input_ids.new_zeros((input_ids.shape[0], 0))
-        return Prefix(out.past_key_values, attention_mask, hidden, out.logits[:, -1].float())
+        n = self.open_ids.numel()
+        opened = input_ids.shape[1] >= n and bool((input_ids[:, -n:] == self.open_ids).all())
+        return Prefix(
+            out.past_key_values, attention_mask, hidden, out.logits[:, -1].float(), opened
+        )
 
     def reason(self, prefix: Prefix) -> torch.Tensor:
         """Z = G_phi(H, mask): K latent vectors per question, one forward pass."""
@@ -135,12 +146,16 @@ class LatentLM(nn.Module):
             raise ConfigError("mode 'lrt' needs a reasoner; pass reasoner=<folder or checkpoint>")
         return self.reasoner(prefix.hidden, prefix.mask).to(self.base.dtype)
 
-    def thinking_embeds(self, latents: torch.Tensor | None, batch_size: int) -> torch.Tensor:
-        """Input embeddings of `[open marker, Z, close marker]` (or an empty span without Z)."""
+    def thinking_embeds(
+        self, latents: torch.Tensor | None, batch_size: int, opened: bool = False
+    ) -> torch.Tensor:
+        """Input embeddings of `[open marker, Z, close marker]` (or an empty span without Z);
+        without the open marker when the prompt already ends with it (`opened`)."""
         embed = self.backbone.embed
-        open_e = embed(self.open_ids).unsqueeze(0).expand(batch_size, -1, -1)
         close_e = embed(self.close_ids).unsqueeze(0).expand(batch_size, -1, -1)
-        parts = [open_e] if latents is None else [open_e, latents]
+        parts = [] if opened else [embed(self.open_ids).unsqueeze(0).expand(batch_size, -1, -1)]
+        if latents is not None:
+            parts.append(latents)
         return torch.cat([*parts, close_e], dim=1)
 
     def _forward_suffix(
@@ -184,7 +199,7 @@ class LatentLM(nn.Module):
         sampled from (TRL's convention for sampled completions).
         """
         b = answer_ids.shape[0]
-        think = self.thinking_embeds(latents, b)
+        think = self.thinking_embeds(latents, b, prefix.opened)
         embeds = torch.cat([think, self.backbone.embed(answer_ids)], dim=1)
         suffix_mask = torch.cat([answer_mask.new_ones(b, think.shape[1]), answer_mask], dim=1)
         m = answer_ids.shape[1]
@@ -203,10 +218,14 @@ class LatentLM(nn.Module):
         attention_mask: torch.Tensor,
         answer_ids: torch.Tensor,
         answer_mask: torch.Tensor,
+        reduction: str = "mean",
     ) -> torch.Tensor:
-        """Mean negative log-likelihood of the answer tokens given the latents."""
+        """Negative log-likelihood of the answer tokens given the latents: their mean, or with
+        `reduction="sum"` their sum (which training divides by the global token count)."""
         prefix = self.encode(input_ids, attention_mask)
         logp = self.answer_logprobs(prefix, self.reason(prefix), answer_ids, answer_mask)
+        if reduction == "sum":
+            return -logp.sum()
         return -logp.sum() / answer_mask.sum().clamp(min=1)
 
     # --- generation --------------------------------------------------------------------------
@@ -222,13 +241,17 @@ class LatentLM(nn.Module):
         force_answer: str = "The answer is",
         temperature: float = 0.0,
         top_p: float = 1.0,
-        generator: torch.Generator | None = None,
+        noise: RowNoise | None = None,
+        all_done: Callable[[bool], bool] | None = None,
     ) -> Generation:
         """Decode an answer after the thinking span of `mode`, batched with the KV cache.
 
         `lrt` puts `latents` (or the reasoner's) in the span; `nothink` leaves it empty; `cot`
         lets the model think for up to `budget` tokens and, when the budget is hit, closes the
         span itself and appends `force_answer` (budget forcing). `prefix` is not modified.
+        Sampling (`temperature` > 0) draws from `noise`, one uniform per row and step.
+        `all_done` turns this process's "every row has stopped" into the decision of every
+        data-parallel rank, so that under FSDP all ranks run the same number of forwards.
         """
         if mode not in MODES:
             raise ConfigError(f"mode={mode!r} is not one of {MODES}")
@@ -236,16 +259,24 @@ class LatentLM(nn.Module):
         work = prefix.fork()
         if mode == "lrt":
             z = self.reason(prefix) if latents is None else latents
-            embeds = self.thinking_embeds(z, b)
+            embeds = self.thinking_embeds(z, b, prefix.opened)
         elif mode == "nothink":
-            embeds = self.thinking_embeds(None, b)
-        else:
+            embeds = self.thinking_embeds(None, b, prefix.opened)
+        elif not prefix.opened:
             embeds = self.backbone.embed(self.open_ids).unsqueeze(0).expand(b, -1, -1)
-        logits, mask = self._forward_suffix(
-            work, embeds, prefix.mask.new_ones(b, embeds.shape[1]), logits_to_keep=1
-        )
+        else:  # cot after a prompt that opened the span itself: decode straight from it
+            embeds = None
+        if embeds is None:
+            logits, mask = prefix.last_logits, prefix.mask
+        else:
+            out, mask = self._forward_suffix(
+                work, embeds, prefix.mask.new_ones(b, embeds.shape[1]), logits_to_keep=1
+            )
+            logits = out[:, -1].float()
         decoder = _Decoder(self, b, mode == "cot", budget, max_answer_tokens, force_answer)
-        return decoder.run(work.cache, mask, logits[:, -1].float(), temperature, top_p, generator)
+        if temperature > 0 and noise is None:
+            noise = RowNoise(0, torch.arange(b, device=self.device))
+        return decoder.run(work.cache, mask, logits, temperature, top_p, noise, all_done)
 
 
 class _Decoder:
@@ -288,17 +319,20 @@ class _Decoder:
         logits: torch.Tensor,
         temperature: float,
         top_p: float,
-        generator: torch.Generator | None,
+        noise: RowNoise | None,
+        all_done: Callable[[bool], bool] | None,
     ) -> Generation:
         lm = self.lm
         max_steps = self.max_answer + (
             self.budget + len(self.forced_ids) if any(self.thinking) else 0
         )
-        for _ in range(max_steps):
-            sampled = _sample(logits, temperature, top_p, generator)
+        for t in range(max_steps):
+            u = noise.uniform(t) if noise is not None and temperature > 0 else None
+            sampled = sample_tokens(logits, temperature, top_p, u)
             logp = torch.log_softmax(logits, dim=-1).gather(-1, sampled[:, None]).squeeze(-1).cpu()
             next_ids = [self._step(i, int(sampled[i]), float(logp[i])) for i in range(self.b)]
-            if all(self.done):
+            done = all(self.done)
+            if all_done(done) if all_done is not None else done:
                 break
             ids = torch.tensor(next_ids, device=mask.device).unsqueeze(1)
             mask = torch.cat([mask, mask.new_ones(self.b, 1)], dim=1)
@@ -358,23 +392,3 @@ def _positions(mask: torch.Tensor, start: int) -> torch.Tensor:
     """Position ids from a left-padded mask, for the columns from `start` on."""
     pos = mask.long().cumsum(-1) - 1
     return pos.clamp(min=0)[:, start:]
-
-
-def _sample(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-) -> torch.Tensor:
-    """Greedy when `temperature` is 0, else temperature + nucleus sampling."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < top_p
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    gen_device = generator.device if generator is not None else probs.device
-    return (
-        torch.multinomial(probs.to(gen_device), 1, generator=generator)
-        .squeeze(-1)
-        .to(logits.device)
-    )

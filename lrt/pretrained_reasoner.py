@@ -134,6 +134,9 @@ class PretrainedReasoner(Reasoner):
         nn.init.zeros_(self.f_out.bias)
         self.out_norm = RMSNorm(d, init_gain=config.embed_rms)
 
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.body.layers)
+
     @classmethod
     def initialise(
         cls, config: ReasonerConfig, base: PreTrainedModel | None = None

@@ -60,6 +60,9 @@ class ReasonerConfig:
     base_model: str = ""
     base_hidden_size: int = 0
     embed_rms: float = 1.0
+    base_config: dict[str, Any] | None = None
+    """The base model's `model` config group, so `evaluate.py` can load the base itself when
+    no `model=` is given."""
 
     def __post_init__(self) -> None:
         for key in ("num_latents", "width", "depth", "heads"):
@@ -148,11 +151,20 @@ class Reasoner(nn.Module):
     def num_latents(self) -> int:
         return self.config.num_latents
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write `config.json` and `model.safetensors` (no pickle, loadable anywhere)."""
+    def shard_units(self) -> list[nn.Module]:
+        """The layers FSDP shards one by one (the rest of the reasoner is sharded as a whole)."""
+        return list(getattr(self, "blocks", []))
+
+    def save_pretrained(
+        self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None
+    ) -> Path:
+        """Write `config.json` and `model.safetensors` (no pickle, loadable anywhere).
+
+        `state_dict` is the full weights when this module's own are shards (FSDP)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        source = self.state_dict() if state_dict is None else state_dict
+        state = {k: v.detach().contiguous().cpu() for k, v in source.items()}
         save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
         (directory / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
         return directory
@@ -255,12 +267,20 @@ def build_reasoner(
     hidden_size: int,
     embed_rms: float,
     base: PreTrainedModel | None = None,
+    base_config: dict[str, Any] | None = None,
 ) -> Reasoner:
     """Build a fresh reasoner from the `reasoner` config group for a given base.
 
-    `base` (the frozen base model) is what `arch: pretrained` with `init_from: base` copies.
+    `base` (the frozen base model) is what `arch: pretrained` with `init_from: base` copies;
+    `base_config` (its `model` config) is recorded with the reasoner.
     """
     config = ReasonerConfig.from_dict(
-        {**raw, "base_model": base_model, "base_hidden_size": hidden_size, "embed_rms": embed_rms}
+        {
+            **raw,
+            "base_model": base_model,
+            "base_hidden_size": hidden_size,
+            "embed_rms": embed_rms,
+            "base_config": base_config,
+        }
     )
     return reasoner_for(config, base)

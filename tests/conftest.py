@@ -81,7 +81,8 @@ def run_script() -> Callable[..., subprocess.CompletedProcess]:
     """Run `train.py` / `evaluate.py` in a fresh interpreter: one thread, wandb never online."""
 
     def _run(script: str, *args: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_API_KEY": "", "WANDB_MODE": ""}
+        env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
+        env |= {"OMP_NUM_THREADS": "1", "NETRC": str(ROOT / ".no-netrc")}  # no wandb login
         return subprocess.run(
             [sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, env=env
         )

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from lrt.data import TASKS, Record, generate_arith, load_task
 from lrt.data.arith import MAX_VALUE
@@ -352,9 +353,9 @@ def test_a_split_can_come_from_another_task(compose_train) -> None:
 
     cfg = compose_train("data=openr1_math")
     validate_train(cfg)
-    assert cfg.data.val.task == "math"
-    with pytest.raises(ConfigError, match="data.val.task='gsm8k' is graded as 'numeric'"):
-        validate_train(compose_train("data=openr1_math", "data.val.task=gsm8k"))
+    assert cfg.data.test.task == "math"
+    with pytest.raises(ConfigError, match="data.test.task='gsm8k' is graded as 'numeric'"):
+        validate_train(compose_train("data=openr1_math", "data.test.task=gsm8k"))
 
 
 def test_competition_lists_load_from_the_shared_data(data_dir: Path) -> None:
@@ -365,3 +366,30 @@ def test_competition_lists_load_from_the_shared_data(data_dir: Path) -> None:
         assert len(records) == count
         assert all(grade(task, f"\\boxed{{{r.answer}}}", r) for r in records)
     assert load_task("amc23", "test", path=data_dir)[0].answer == "27"  # upstream 27.0
+
+
+def test_validation_carved_from_train_is_seeded_and_disjoint(data_dir: Path) -> None:
+    """`data.val.from_train`: a seeded slice of the whole training split, independent of
+    `data.train.limit`, that training never sees."""
+    from lrt.data.datamodule import load_train_val, split_config
+
+    train = split_config(
+        {"split": "train", "path": str(data_dir / "gsm8k" / "train.jsonl")}, "train"
+    )
+    val = split_config({"from_train": True, "limit": 50, "seed": 1}, "val")
+    kept, held = load_train_val("gsm8k", train, val, "raise", {})
+    assert len(held) == 50 and len(kept) == 7473 - 50
+    assert not {r.id for r in held} & {r.id for r in kept}
+    limited = split_config(
+        {**OmegaConf.to_container(OmegaConf.structured(train)), "limit": 100}, "train"
+    )
+    kept_100, held_again = load_train_val("gsm8k", limited, val, "raise", {})
+    assert [r.id for r in held_again] == [r.id for r in held] and len(kept_100) == 100
+    other = load_train_val(
+        "gsm8k",
+        train,
+        split_config({"from_train": True, "limit": 50, "seed": 2}, "val"),
+        "raise",
+        {},
+    )
+    assert [r.id for r in other[1]] != [r.id for r in held]

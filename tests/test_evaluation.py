@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -383,3 +384,33 @@ def test_evaluate_py_end_to_end(tmp_path: Path, tiny_backbone: Backbone) -> None
     assert "| run/final | arith | lrt | 3 |" in table
     assert "| other/last.ckpt | arith | lrt | 3 |" in table
     assert "evaluation (greedy)" in result.stdout
+
+
+@pytest.mark.slow
+def test_evaluate_takes_the_base_the_reasoner_recorded(
+    tmp_path: Path, tiny_backbone: Backbone, run_script
+) -> None:
+    """Without `model=`, evaluate.py loads the base a reasoner recorded (conf/evaluate.yaml's
+    default is another model); a contradicting `model=` is still refused in one line."""
+    reasoner = build_reasoner(
+        {"num_latents": 2, "width": 32, "depth": 1, "heads": 4},
+        tiny_backbone.name,
+        tiny_backbone.hidden_size,
+        tiny_backbone.embedding_rms(),
+        base_config=asdict(tiny_backbone.config),
+    )
+    folder = reasoner.save_pretrained(tmp_path / "reasoner")
+    args = [*TINY[1:], f"checkpoints={folder}", "modes=[nothink,lrt]"]
+    result = run_script("evaluate.py", *args, f"hydra.run.dir={tmp_path / 'eval'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "base model tiny-random-qwen3, as the checkpoints recorded it" in (
+        result.stdout + result.stderr
+    )
+    assert "| reasoner | arith | lrt | 3 |" in (tmp_path / "eval" / "results.md").read_text()
+    result = run_script(
+        "evaluate.py", *args, "model=tiny_random", "model.name=other", f"hydra.run.dir={tmp_path}"
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: reasoner {folder} was trained for base model 'tiny-random-qwen3', not 'other'"
+    )

@@ -61,10 +61,10 @@ def backbone() -> Backbone:
     )
 
 
-def make_module(backbone: Backbone, **settings) -> GRPOModule:
+def make_module(backbone: Backbone, dropout: float = 0.0, **settings) -> GRPOModule:
     torch.manual_seed(0)
     reasoner = build_reasoner(
-        {"num_latents": 4, "width": 32, "depth": 1, "heads": 4},
+        {"num_latents": 4, "width": 32, "depth": 1, "heads": 4, "dropout": dropout},
         backbone.name,
         backbone.hidden_size,
         backbone.embedding_rms(),
@@ -110,11 +110,18 @@ def test_gaussian_logprob_and_kl_match_torch_distributions() -> None:
         gaussian_logprob(z, mu, sigma), Normal(mu, sigma).log_prob(z).sum(-1)
     )
     torch.testing.assert_close(
-        gaussian_kl(mu, mu_ref, sigma),
+        gaussian_kl(mu, sigma, mu_ref, sigma),
         kl_divergence(Normal(mu, sigma), Normal(mu_ref, sigma)).sum(-1),
     )
+    # A learned sigma is penalised against the reference's: the full Gaussian KL, whose mean
+    # term is scaled by the reference variance (a larger sigma cannot lower it).
+    sigma_ref = torch.tensor(0.4)
     torch.testing.assert_close(
-        gaussian_kl(mu, mu_ref, sigma), (mu - mu_ref).pow(2).sum(-1) / (2 * 0.7**2)
+        gaussian_kl(mu, sigma, mu_ref, sigma_ref),
+        kl_divergence(Normal(mu, sigma), Normal(mu_ref, sigma_ref)).sum(-1),
+    )
+    torch.testing.assert_close(
+        gaussian_kl(mu, sigma, mu_ref, sigma), (mu - mu_ref).pow(2).sum(-1) / (2 * 0.7**2)
     )
 
 
@@ -266,20 +273,42 @@ def test_learned_sigma_is_optimised_and_stays_in_its_clamp(backbone: Backbone) -
     assert float(module.sigma().detach()) == pytest.approx(0.4 * rms)
 
 
-def test_resumed_module_draws_the_same_noise(backbone: Backbone) -> None:
-    first = make_module(backbone)
-    rollout(first)
+def test_noise_is_a_function_of_step_and_slot(backbone: Backbone) -> None:
+    """A question's noise depends on (seed, step, its slot in the global batch) only: a fresh
+    module (a resume) draws it again, and so does a rank or micro-batch holding the question
+    without the others; another step draws new noise."""
+    first = make_module(backbone, temperature=1.0, exploration="both")
+    ids, mask = first.lm.tokenize_prompts(prompts(first.lm))
+    both = first.rollout(ids, mask, RECORDS, slots=torch.tensor([0, 1]), step=3)
+    again = make_module(backbone, temperature=1.0, exploration="both").rollout(
+        ids, mask, RECORDS, slots=torch.tensor([0, 1]), step=3
+    )
+    torch.testing.assert_close(again.latents, both.latents)
+    assert again.generation.token_ids == both.generation.token_ids
+    alone = first.rollout(ids[1:], mask[1:], RECORDS[1:], slots=torch.tensor([1]), step=3)
+    torch.testing.assert_close(alone.noise, both.noise[G:])
+    assert alone.generation.token_ids == both.generation.token_ids[G:]
+    later = first.rollout(ids, mask, RECORDS, slots=torch.tensor([0, 1]), step=4)
+    assert not torch.equal(later.noise, both.noise)
+
     checkpoint = {"state_dict": {}}
-    first.on_save_checkpoint(checkpoint)
-    after_save = rollout(first).latents
-
-    resumed = make_module(backbone)
-    resumed.on_load_checkpoint(checkpoint)
-    torch.testing.assert_close(rollout(resumed).latents, after_save)
-    assert not torch.equal(rollout(make_module(backbone)).latents, after_save)
-
+    make_module(backbone).on_save_checkpoint(checkpoint)
+    assert checkpoint["lrt"]["stage"] == "grpo"
+    sft_meta = {**checkpoint["lrt"], "stage": "sft"}
     with pytest.raises(CheckpointError, match="no GRPO state"):
-        make_module(backbone).on_load_checkpoint({"state_dict": {}, "lrt": checkpoint["lrt"]})
+        make_module(backbone).on_load_checkpoint({"state_dict": {}, "lrt": sft_meta})
+
+
+def test_learned_sigma_kl_is_against_the_reference_sigma(backbone: Backbone) -> None:
+    """With mu = mu_ref, a sigma grown to twice the reference's still pays the Gaussian KL
+    `d/2 (4 - 1 - log 4)` per latent (the equal-variance formula would give 0)."""
+    module = make_module(backbone, beta=0.5, learn_sigma=True, sigma_max=1.0)
+    ro = rollout(module)
+    with torch.no_grad():
+        module.log_sigma.fill_(math.log(2.0))
+    _, stats = module.loss(ro)
+    d = backbone.hidden_size
+    assert float(stats["kl"]) == pytest.approx(0.5 * d * (4 - 1 - math.log(4)), rel=1e-4)
 
 
 def test_invalid_settings_name_their_key(compose_train) -> None:
@@ -484,7 +513,7 @@ def test_train_grpo_two_steps(tmp_path: Path) -> None:
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2
     assert not any(k.startswith("lm.base.") for k in ckpt["state_dict"]), "base weights saved"
-    assert "log_sigma" in ckpt["state_dict"] and "grpo_noise_rng" in ckpt
+    assert "log_sigma" in ckpt["state_dict"] and ckpt["lrt"]["stage"] == "grpo"
     final = Reasoner.from_pretrained(run_dir / "reasoner" / "final", "tiny-random-qwen3", 64)
     assert final.num_latents == 4
     rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
@@ -493,3 +522,17 @@ def test_train_grpo_two_steps(tmp_path: Path) -> None:
     header = (run_dir / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
     for name in ("reward_mean", "frac_zero_std", "kl", "sigma", "clip_frac", "loss"):
         assert f"train/{name}" in header
+
+
+def test_rollouts_decode_from_the_dropout_free_means(backbone: Backbone) -> None:
+    """With dropout, sampling around a dropped-out mu and scoring under another would make the
+    first iteration's ratio differ from 1: GRPO keeps the reasoner's dropout off, as TRL's
+    `disable_dropout` does, so the sampled and the scored means are the same."""
+    module = make_module(backbone, dropout=0.5)
+    module.train()
+    assert not module.reasoner.training
+    ro = rollout(module)
+    mu = module._means(module.reasoner, ro.prefix).repeat_interleave(G, dim=0)
+    torch.testing.assert_close(ro.latents - module.sigma() * ro.noise, mu)
+    logp = gaussian_logprob(ro.latents, mu, module.sigma())
+    torch.testing.assert_close(logp, ro.old_latent_logp)

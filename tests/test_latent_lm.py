@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
+import pytest
 import torch
 
 from lrt.latent_lm import LatentLM
@@ -88,3 +92,42 @@ def test_nothink_and_lrt_differ_only_by_latents(tiny_lm: LatentLM) -> None:
     n_open = tiny_lm.open_ids.numel()
     torch.testing.assert_close(span[:, :n_open], empty[:, :n_open])
     torch.testing.assert_close(span[:, n_open + k :], empty[:, n_open:])
+
+
+TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
+
+
+@pytest.mark.parametrize("template", ["deepseek_r1_distill", "qwen3"])
+def test_thinking_span_is_opened_exactly_once(tiny_lm: LatentLM, template: str) -> None:
+    """DeepSeek-R1-Distill's published template ends its generation prompt with `<think>\\n`;
+    Qwen3's does not. Either way every mode, and the grpo_cot prompt, hold the marker once."""
+    from lrt.training.grpo_cot import cot_prompt
+
+    tokenizer = copy.deepcopy(tiny_lm.tokenizer)
+    tokenizer.chat_template = (TEMPLATES / f"{template}.jinja").read_text()
+    lm = LatentLM(tiny_lm.backbone, tiny_lm.reasoner)
+    lm.tokenizer = tokenizer
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2+2?"}], add_generation_prompt=True, tokenize=False
+    )
+    assert text.endswith("<think>\n") == (template == "deepseek_r1_distill")
+    prefix = lm.encode(*lm.tokenize_prompts([text]))
+    prompt_ids = lm.tokenize_prompts([text])[0][0].tolist()
+    open_id = tokenizer.convert_tokens_to_ids("<think>")
+    close_id = tokenizer.convert_tokens_to_ids("</think>")
+    for latents in (lm.reason(prefix), None):  # lrt, nothink: the span as fed after the prompt
+        span = lm.thinking_embeds(latents, 1, prefix.opened)
+        table = lm.backbone.embed(torch.tensor([open_id, close_id]))
+        hits = (span[0, :, None, :] == table[None]).all(-1).sum(0).tolist()
+        assert hits[0] + prompt_ids.count(open_id) == 1
+        assert hits[1] == 1
+    # What each mode feeds after a prompt that opened the span equals what it feeds after the
+    # same prompt without the marker, to which it adds the marker itself: the same answers.
+    bare = lm.encode(*lm.tokenize_prompts([text.removesuffix("<think>\n")]))
+    assert not bare.opened and prefix.opened == (template == "deepseek_r1_distill")
+    z = lm.reason(bare)
+    for mode in ("lrt", "nothink", "cot"):
+        a = lm.generate(prefix, mode, latents=z, budget=4, max_answer_tokens=4).token_ids
+        b = lm.generate(bare, mode, latents=z, budget=4, max_answer_tokens=4).token_ids
+        assert a == b, mode
+    assert cot_prompt(text, "<think>\n", tokenizer).count("<think>") == 1

@@ -212,7 +212,7 @@ def test_sft_resumes_exactly_after_torn_write_sigkill_and_sigterm(
     assert killed_at + 2 <= stopped_at < 16
     assert stderr_of(run).strip().splitlines()[-1] == (
         f"stopped: SIGTERM at step {stopped_at}: {last_ckpt(run)} written; "
-        "run the same command to resume"
+        f"resume with: python train.py resume={run}"
     )
     assert not (run / "reasoner" / "final").exists(), "an interrupted run exported 'final'"
 
@@ -264,7 +264,8 @@ def test_ctrl_c_finishes_the_batch_writes_last_ckpt_and_stops(
         run_in_process(compose_train, overrides, tmp_path)
     assert stop.value.signum == signal.SIGINT
     assert str(stop.value) == (
-        f"SIGINT at step 4: {last_ckpt(tmp_path)} written; run the same command to resume"
+        f"SIGINT at step 4: {last_ckpt(tmp_path)} written; resume with: "
+        f"python train.py resume={tmp_path}"
     )
     assert ckpt_step(tmp_path) == 4
     assert signal.getsignal(signal.SIGINT) is before
@@ -394,7 +395,8 @@ def test_error_inside_fit_is_one_line_on_the_command_line(tmp_path: Path) -> Non
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "error: loss is nan at step 0; training stopped and the last checkpoint is kept "
-        "(0 such batches skipped, guard.skip_nonfinite=0)"
+        "(0 such batches skipped, guard.skip_nonfinite=0); resume with: "
+        f"python train.py resume={tmp_path / 'run'}"
     )
 
 
@@ -425,7 +427,7 @@ BAD_ROW = '{"question": "What is 2 + 3?", "answer": "five"}'
 def case_malformed_row(tmp: Path) -> tuple[list[str], str]:
     bad = gsm8k_file(tmp / "train.jsonl", [GOOD_ROW, BAD_ROW])
     good = gsm8k_file(tmp / "val.jsonl", [GOOD_ROW])
-    overrides = ["data=gsm8k_local", f"data.train.path={bad}", f"data.val.path={good}"]
+    overrides = ["data=gsm8k_local", f"data.train.path={bad}", "data.val.limit=1"]
     return [*overrides, f"data.test.path={good}"], (
         f"{bad}:2: field 'answer' has no '#### <number>' final answer."
     )
@@ -434,7 +436,7 @@ def case_malformed_row(tmp: Path) -> tuple[list[str], str]:
 def case_empty_after_filtering(tmp: Path) -> tuple[list[str], str]:
     bad = gsm8k_file(tmp / "train.jsonl", [BAD_ROW, BAD_ROW])
     good = gsm8k_file(tmp / "val.jsonl", [GOOD_ROW])
-    overrides = ["data=gsm8k_local", f"data.train.path={bad}", f"data.val.path={good}"]
+    overrides = ["data=gsm8k_local", f"data.train.path={bad}", "data.val.limit=1"]
     return [*overrides, f"data.test.path={good}", "data.on_error=skip"], (
         f"No usable rows for task 'gsm8k' split 'train' in {bad}."
     )
@@ -539,9 +541,7 @@ CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
             "data=openr1_math",
             f"data.train.path={ROOT / 'tests' / 'fixtures' / 'openr1_math.jsonl'}",
             "data.on_error=raise",
-            "data.val.task=null",
-            f"data.val.path={ROOT / 'tests' / 'fixtures' / 'openr1_math.jsonl'}",
-            "data.val.split=train",
+            "data.val.limit=1",
         ],
         "data.prompt.target='response' but record '11111111-aaaa-4bbb-8ccc-000000000003' has "
         "no response text (data.on_error=skip drops such records)",

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf, open_dict
 
 from lrt.config import validate_train
 from lrt.errors import ConfigError
@@ -84,6 +85,14 @@ def test_three_steps_write_checkpoint_and_reasoner(tmp_path: Path) -> None:
         ("stage.max_steps=0", "stage.max_steps=0 must be positive"),
         ("model.source=ollama", "model.source='ollama' is not one of"),
         ("data.prompt.target=trace", "data.prompt.target='trace' is not one of"),
+        ("stage.checkpoint_every_n_steps=0", "stage.checkpoint_every_n_steps=0 must be a posi"),
+        ("stage.val_every_n_steps=0", "stage.val_every_n_steps=0 must be a positive integer"),
+        (
+            "+trainer.accumulate_grad_batches=2",
+            "trainer.accumulate_grad_batches=2 is not supported: set stage.micro_batch_size",
+        ),
+        ("+trainer.gradient_clip_val=0.5", "set stage.max_grad_norm instead"),
+        ("stage.micro_batch_size=3", "stage.micro_batch_size=3 must be null or a positive divi"),
     ],
 )
 def test_invalid_values_fail_before_loading(compose_train, override: str, message: str) -> None:
@@ -97,13 +106,36 @@ def test_unknown_group_option_is_named(compose_train) -> None:
         compose_train("model=gpt5")
 
 
+EVAL_ONLY = {"aime24", "aime24_local", "amc23", "amc23_local"}
+
+
 def test_every_shipped_config_composes(compose_train) -> None:
     for group, options in {
         "model": [p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")],
         "data": [p.stem for p in (ROOT / "conf" / "data").glob("*.yaml")],
     }.items():
         for option in options:
-            validate_train(compose_train(f"{group}={option}"))
+            cfg = compose_train(f"{group}={option}")
+            if group == "data" and option in EVAL_ONLY:  # their only split is the test set
+                with pytest.raises(ConfigError, match="is an evaluation-only task"):
+                    validate_train(cfg)
+            else:
+                validate_train(cfg)
+
+
+@pytest.mark.parametrize("data", ["gsm8k", "gsm8k_local", "math", "math_local"])
+def test_validation_never_reads_the_test_split(compose_train, data: str) -> None:
+    """No shipped config picks `reasoner/best` on test questions; pointing validation at the
+    test split is refused, naming both keys, unless explicitly allowed."""
+    cfg = compose_train(f"data={data}")
+    assert cfg.data.val.from_train and "split" not in cfg.data.val
+    with open_dict(cfg):
+        cfg.data.val = {"split": cfg.data.test.split, "path": cfg.data.test.path, "limit": 8}
+    with pytest.raises(ConfigError, match="data.val and data.test both read task"):
+        validate_train(cfg)
+    with open_dict(cfg):
+        cfg.data.allow_val_on_test = True
+    validate_train(cfg)
 
 
 def test_cli_error_is_one_line(tmp_path: Path) -> None:
@@ -145,3 +177,30 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     b = Reasoner.from_pretrained(resumed / "reasoner" / "final").state_dict()
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_resume_by_run_folder_or_by_run_name(tmp_path: Path) -> None:
+    """`resume=<run folder>` re-composes the run's own overrides in its folder (later
+    overrides win); the same `run_name=` lands in the same folder and resumes too."""
+    common = [*TINY, "final_eval.enabled=false", "stage.val_every_n_steps=100"]
+    named = [*common, f"paths.output_root={tmp_path}", "run_name=mine"]
+    assert run_train(*named, "stage.max_steps=2").returncode == 0
+    run_dir = tmp_path / "sft" / "arith" / "mine"
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+    result = run_train(*named, "stage.max_steps=3")  # the same run_name
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stdout + result.stderr
+
+    result = run_train(f"resume={run_dir}", "stage.max_steps=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stdout + result.stderr
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    assert saved.model.name == "tiny-random-qwen3" and saved.stage.max_steps == 4
+    assert [p.name for p in (tmp_path / "sft" / "arith").iterdir()] == ["mine"]
+
+    result = run_train(f"resume={tmp_path / 'nothing'}")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: resume={tmp_path}")

@@ -25,14 +25,18 @@ log = logging.getLogger(__name__)
 class SplitConfig:
     """One split of a task: hub split name, optional local JSONL path, optional row limit.
 
-    `task` loads the split from another task with the same grader, for training sets that have
-    no held-out split of their own (OpenR1-Math validated on MATH-500).
+    `task` loads the split from another task with the same grader. `from_train` (validation
+    only) carves `limit` records out of the training split instead, a seeded slice (`seed`)
+    that training then never sees: for datasets with no validation split of their own, whose
+    test split must not choose checkpoints.
     """
 
-    split: str
+    split: str | None = None
     path: str | None = None
     limit: int | None = None
     task: str | None = None
+    from_train: bool = False
+    seed: int = 0
 
 
 def split_config(raw: Mapping[str, Any], key: str) -> SplitConfig:
@@ -40,7 +44,15 @@ def split_config(raw: Mapping[str, Any], key: str) -> SplitConfig:
     limit = raw.get("limit")
     if not _positive_int_or_none(limit):
         raise ConfigError(f"data.{key}.limit={limit} must be a positive integer or null")
-    return SplitConfig(**raw)
+    config = SplitConfig(**raw)
+    if config.from_train:
+        if key != "val":
+            raise ConfigError(f"data.{key}.from_train is only for data.val")
+        if config.limit is None:
+            raise ConfigError("data.val.from_train needs data.val.limit: how many to carve")
+    elif config.split is None:
+        raise ConfigError(f"data.{key}.split must name a split (or set data.val.from_train)")
+    return config
 
 
 def _positive_int_or_none(value: Any) -> bool:
@@ -160,6 +172,30 @@ def load_split(
     )
 
 
+def load_train_val(
+    task: str,
+    train: SplitConfig,
+    val: SplitConfig,
+    on_error: str,
+    options: Mapping[str, Any],
+) -> tuple[list[Record], list[Record]]:
+    """The training and validation records; with `val.from_train`, validation is a seeded
+    slice of the whole training split (whatever `train.limit` is) and training the rest."""
+    if not val.from_train:
+        return load_split(task, train, on_error, options), load_split(task, val, on_error, options)
+    records = load_split(task, replace(train, limit=None), on_error, options)
+    assert val.limit is not None
+    if val.limit >= len(records):
+        raise ConfigError(
+            f"data.val.limit={val.limit} carved from train leaves no training record: the "
+            f"training split has {len(records)}"
+        )
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(val.seed))
+    held = set(order[: val.limit].tolist())
+    kept = [r for i, r in enumerate(records) if i not in held]
+    return kept[: train.limit], [records[i] for i in sorted(held)]
+
+
 def load_limited_split(
     data_cfg: Mapping[str, Any],
     key: str,
@@ -202,7 +238,12 @@ def with_targets(
 
 
 class PromptDataset(Dataset):
-    """(prompt text, target text, record index) triples; tokenised in the collator."""
+    """(prompt text, target text, record index, slot) examples; tokenised in the collator.
+
+    Samplers yield `(record index, slot)` keys: the slot is the example's position in the
+    global batch (or, for evaluation, in the whole split), which GRPO's per-question noise and
+    the evaluation's padding both need; padding examples of a rank's shard have slot -1.
+    """
 
     def __init__(
         self,
@@ -218,8 +259,9 @@ class PromptDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[str, str, int]:
-        return self.prompts[i], self.targets[i], i
+    def __getitem__(self, key: tuple[int, int]) -> tuple[str, str, int, int]:
+        i, slot = key
+        return self.prompts[i], self.targets[i], i, slot
 
 
 class Collator:
@@ -228,8 +270,8 @@ class Collator:
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
 
-    def __call__(self, items: list[tuple[str, str, int]]) -> dict[str, torch.Tensor]:
-        prompts, targets, index = zip(*items, strict=True)
+    def __call__(self, items: list[tuple[str, str, int, int]]) -> dict[str, torch.Tensor]:
+        prompts, targets, index, slot = zip(*items, strict=True)
         input_ids, attention_mask = pad_prompts(self.tokenizer, list(prompts))
         answer_ids, answer_mask = pad_answers(self.tokenizer, list(targets))
         return {
@@ -238,15 +280,27 @@ class Collator:
             "answer_ids": answer_ids,
             "answer_mask": answer_mask,
             "index": torch.tensor(index),
+            "slot": torch.tensor(slot),
         }
 
 
-class StepBatchSampler(Sampler[list[int]]):
+def shard(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
+    """Rank `rank`'s contiguous share of `items`; the first `len % world_size` ranks take one
+    more, so the shares are disjoint and together are `items` in order."""
+    base, extra = divmod(len(items), world_size)
+    start = rank * base + min(rank, extra)
+    return list(items[start : start + base + (rank < extra)])
+
+
+class StepBatchSampler(Sampler[list[tuple[int, int]]]):
     """Training batches as a pure function of (seed, step): exact resume needs no sampler state.
 
-    Batch `s` is slice `s` of an endless stream made of one seeded permutation per pass over
-    the data, so a run restarted at step `start` draws exactly the batches an uninterrupted
-    run would have drawn from there on.
+    Global batch `s` is slice `s` of an endless stream made of one seeded permutation per pass
+    over the data, so a run restarted at step `start` draws exactly the batches an uninterrupted
+    run would have drawn from there on. `batch_size` is the global batch (DESIGN.md section 6):
+    under data parallelism rank r yields its own contiguous slice of every global batch, so the
+    ranks together see each question of it exactly once, on any number of devices; when the
+    batch does not divide evenly, the shorter slices are padded (slot -1) to the same length.
     """
 
     def __init__(
@@ -261,11 +315,17 @@ class StepBatchSampler(Sampler[list[int]]):
     ) -> None:
         if n <= 0:
             raise DataError("the training split is empty after filtering")
+        if batch_size < world_size:
+            raise ConfigError(
+                f"stage.batch_size={batch_size} is the global batch and must be at least the "
+                f"number of data-parallel processes ({world_size})"
+            )
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.start, self.stop = start, stop
         self.rank, self.world_size = rank, world_size
 
     def batch(self, step: int) -> list[int]:
+        """The global batch of `step`: dataset indices, in slot order."""
         out: list[int] = []
         position = step * self.batch_size
         while len(out) < self.batch_size:
@@ -278,16 +338,42 @@ class StepBatchSampler(Sampler[list[int]]):
             position += take
         return out
 
-    def __iter__(self) -> Iterator[list[int]]:
-        # Under data parallelism each rank takes its own slot of every global step.
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        width = -(-self.batch_size // self.world_size)
         for step in range(self.start, self.stop):
-            yield self.batch(step * self.world_size + self.rank)
+            keyed = list(enumerate(self.batch(step)))
+            mine = [(i, slot) for slot, i in shard(keyed, self.rank, self.world_size)]
+            # Equal lengths on every rank (FSDP's forwards are collectives): a rank with one
+            # question fewer repeats its last one as padding, slot -1, which carries no loss.
+            yield mine + [(mine[-1][0], -1)] * (width - len(mine))
 
     def __len__(self) -> int:
         """The whole run's batch count, not what is left: Lightning counts the run as one epoch
         and, on resume, restores how many of its batches are done; a shorter length would end
         that epoch early and replay this sampler from `start`."""
         return self.stop
+
+
+class ShardedEvalSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of rank r's contiguous shard of an evaluation split, padded to equal length.
+
+    Every rank gets the same number of batches of the same sizes (padding examples repeat the
+    shard's last record with slot -1 and are not counted), because under FSDP every forward
+    pass is a collective that all ranks must make together.
+    """
+
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+        keys = shard(list(range(n)), rank, world_size)
+        width = -(-n // world_size)
+        pad = [(keys[-1] if keys else 0, -1)] * (width - len(keys))
+        items = [(i, i) for i in keys] + [(i, -1) for i, _ in pad]
+        self.batches = [items[s : s + batch_size] for s in range(0, len(items), batch_size)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class StepDataLoader(DataLoader):
@@ -332,20 +418,20 @@ class LRTDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        loaded = load_train_val(
+            self.task, self.train_cfg, self.val_cfg, self.on_error, self.options
+        )
         train, val = (
             self.prompt_limit.apply(
-                with_targets(
-                    load_split(self.task, split, self.on_error, self.options),
-                    self.prompt,
-                    self.on_error,
-                    f"data.{key}",
-                ),
+                with_targets(records, self.prompt, self.on_error, f"data.{key}"),
                 self.tokenizer,
                 self.prompt,
                 self.system_prompt,
                 f"data.{key}" + (f" ({split.path})" if split.path else ""),
             )
-            for key, split in (("train", self.train_cfg), ("val", self.val_cfg))
+            for records, (key, split) in zip(
+                loaded, (("train", self.train_cfg), ("val", self.val_cfg)), strict=True
+            )
         )
         self.train_set = PromptDataset(train, self.tokenizer, self.prompt, self.system_prompt)
         self.val_set = PromptDataset(val, self.tokenizer, self.prompt, self.system_prompt)
@@ -364,20 +450,25 @@ class LRTDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Batches from the current step to `max_steps` (the step is restored on resume)."""
         assert self.train_set is not None
-        module = self.trainer.lightning_module
+        trainer = self.trainer
+        module = trainer.lightning_module
         sampler = StepBatchSampler(
             len(self.train_set),
             self.batch_size,
             self.seed,
             module.batches_done(),
             module.total_batches(),
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
         )
         return StepDataLoader(
             self.train_set, batch_sampler=sampler, collate_fn=Collator(self.tokenizer)
         )
 
     def val_dataloader(self) -> DataLoader:
+        """Rank r's shard of the validation split; the stage sums the counts over ranks."""
         assert self.val_set is not None
-        return DataLoader(
-            self.val_set, batch_size=self.batch_size, collate_fn=Collator(self.tokenizer)
+        sampler = ShardedEvalSampler(
+            len(self.val_set), self.batch_size, self.trainer.global_rank, self.trainer.world_size
         )
+        return DataLoader(self.val_set, batch_sampler=sampler, collate_fn=Collator(self.tokenizer))

@@ -408,7 +408,7 @@ def _hub_rows(source: HubSource) -> Iterator[tuple[str, Any]]:
         yield f"{source.path}[{source.split}] row {index}", row
 
 
-def _resolve(spec: TaskSpec, split: str, path: Path) -> Path:
+def resolve_local(spec: TaskSpec, split: str, path: Path) -> Path:
     """A file is used as is; a folder must hold `{split}.jsonl`, `{split}.parquet` or the task's
     shared-data file."""
     if not path.is_dir():
@@ -463,7 +463,7 @@ def load_task(
     assert spec.parse_row is not None
 
     if path is not None:
-        source = str(_resolve(spec, split, Path(path)))
+        source = str(resolve_local(spec, split, Path(path)))
         reader = _parquet_rows if source.endswith(".parquet") else _jsonl_rows
         rows = reader(Path(source))
     elif split in spec.hub:

@@ -1,9 +1,11 @@
-"""What every training stage shares: checkpoints that hold the reasoner only, and guards."""
+"""What every training stage shares: one optimiser step on the global mean loss, sharded
+validation, checkpoints that hold the reasoner only, and the non-finite guard."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import lightning as L
 import numpy as np
@@ -16,6 +18,7 @@ from lrt.latent_lm import LatentLM
 log = logging.getLogger(__name__)
 
 BASE_PREFIX = "lm.base."
+Chunk = TypeVar("Chunk")
 
 
 class StageModule(L.LightningModule):
@@ -25,17 +28,35 @@ class StageModule(L.LightningModule):
     precision plugin) but its weights are left out of checkpoints: they come from the model
     config, and a checkpoint records which base it belongs to.
 
+    Optimisation is manual in every stage, so that a step can be split into micro-batches
+    (`stage.micro_batch_size`) whose gradients accumulate into one optimiser step, and so that
+    the loss is normalised by the *global* count of what it averages (answer tokens, samples),
+    summed over micro-batches and data-parallel ranks: N ranks and any micro-batch size reach
+    the weights one process would reach on the whole batch (DESIGN.md section 6).
+
     Exact resume: the data order is a function of (seed, step) (see `StepBatchSampler`), and so
-    is the global RNG that dropout draws from, reseeded before every batch; what is left
-    (weights, optimiser, scheduler, GRPO noise, skip count) is in the checkpoint.
+    are the global RNG that dropout draws from, reseeded before every batch, and GRPO's noise;
+    what is left (weights, optimiser, scheduler, skip count) is in the checkpoint.
     """
 
-    def __init__(self, lm: LatentLM, task: str, val_max_answer_tokens: int = 16) -> None:
+    stage_name = "sft"
+    """Recorded in checkpoints, so a GRPO run refuses to resume from an SFT checkpoint."""
+
+    def __init__(
+        self,
+        lm: LatentLM,
+        task: str,
+        val_max_answer_tokens: int = 16,
+        max_grad_norm: float | None = 1.0,
+    ) -> None:
         super().__init__()
+        self.automatic_optimization = False
         self.lm = lm
         self.task = task
         self.val_max_answer_tokens = val_max_answer_tokens
-        self._val_correct: list[bool] = []
+        self.max_grad_norm = max_grad_norm
+        self._val_counts = torch.zeros(2, dtype=torch.float64)
+        """Correct answers and questions of this rank's validation shard."""
         self.seed = 0
         self.skip_nonfinite = 0
         """How many batches with a non-finite loss or gradient may be skipped before stopping."""
@@ -46,6 +67,29 @@ class StageModule(L.LightningModule):
         """Settings every stage takes from the run config (`seed`, `guard.skip_nonfinite`)."""
         self.seed = seed
         self.skip_nonfinite = skip_nonfinite
+
+    def configure_model(self) -> None:
+        """Under FSDP (Lightning's ModelParallelStrategy, i.e. PyTorch's FSDP2) shard the frozen
+        base's decoder layers and the reasoner's blocks over the data-parallel ranks.
+
+        The base's embedding, final norm and LM head stay whole on every rank: they are frozen
+        (no gradient to reduce) and used outside the decoder's forward (the thinking span's
+        marker embeddings), which FSDP2 would only gather inside a sharded module's forward.
+        """
+        mesh = self.device_mesh
+        if mesh is None:
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        # FSDP loads a checkpoint before `on_load_checkpoint` can put the base's weights back
+        # into it: its strict check would count them as missing.
+        self.strict_loading = False
+        dp = mesh["data_parallel"]
+        for layer in self.lm.base.get_decoder().layers:
+            fully_shard(layer, mesh=dp)
+        for block in self.reasoner.shard_units():
+            fully_shard(block, mesh=dp)
+        fully_shard(self.reasoner, mesh=dp)
 
     @property
     def reasoner(self) -> torch.nn.Module:
@@ -60,29 +104,87 @@ class StageModule(L.LightningModule):
         """Training batches in the whole run."""
         return self.trainer.max_steps
 
+    # --- distributed helpers -------------------------------------------------------------------
+
+    def all_sum(self, value: torch.Tensor | float) -> torch.Tensor:
+        """`value` summed over data-parallel ranks (itself in one process)."""
+        tensor = torch.as_tensor(value, dtype=torch.float64, device=self.lm.device)
+        if self.trainer.world_size > 1:
+            tensor = self.trainer.strategy.reduce(tensor.clone(), reduce_op="sum")
+        return tensor
+
+    def all_done(self, done: bool) -> bool:
+        """Whether every rank is done decoding: under FSDP each forward is a collective, so a
+        rank whose rows have all stopped keeps stepping until the others have too."""
+        if self.trainer.world_size < 2:
+            return done
+        return self.trainer.strategy.reduce_boolean_decision(done, all=True)
+
+    # --- one optimiser step ----------------------------------------------------------------
+
+    def optimizer_step_on(
+        self,
+        chunks: Sequence[Chunk],
+        loss_sum: Callable[[Chunk], torch.Tensor],
+        count: torch.Tensor,
+    ) -> torch.Tensor:
+        """Accumulate the gradient of `sum over chunks of loss_sum(chunk) / count` and step.
+
+        `count` is the global number of what the loss averages (all ranks, all chunks), so each
+        chunk's sum is divided by it and multiplied by the world size, which the data-parallel
+        gradient average divides out again. Returns the global mean loss, for logging.
+        """
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        optimizer.zero_grad()
+        scale = self.trainer.world_size / count.clamp(min=1).to(torch.float32)
+        local = torch.zeros((), dtype=torch.float64, device=self.lm.device)
+        for i, chunk in enumerate(chunks):
+            with optimizer.toggle_model(sync_grad=i == len(chunks) - 1):
+                total = loss_sum(chunk)
+                self.manual_backward(total * scale)
+            local = local + total.detach().double()
+        step_loss = self.all_sum(local) / count.clamp(min=1)
+        self.note_step_loss(step_loss)
+        if self.max_grad_norm is not None:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm"
+            )
+        optimizer.step()
+        scheduler.step()
+        return step_loss
+
+    # --- validation --------------------------------------------------------------------------
+
     def on_validation_epoch_start(self) -> None:
-        self._val_correct = []
+        self._val_counts = torch.zeros(2, dtype=torch.float64)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """Greedy `lrt` answers on the fixed validation slice, graded by the task's grader."""
+        """Greedy `lrt` answers on this rank's shard of the fixed validation slice, graded by
+        the task's grader (padding examples, slot -1, are decoded but not counted)."""
         prefix = self.lm.encode(batch["input_ids"], batch["attention_mask"])
-        gen = self.lm.generate(prefix, "lrt", max_answer_tokens=self.val_max_answer_tokens)
+        gen = self.lm.generate(
+            prefix, "lrt", max_answer_tokens=self.val_max_answer_tokens, all_done=self.all_done
+        )
         records = self.trainer.datamodule.val_records
-        for i, text in zip(batch["index"].tolist(), gen.texts, strict=True):
-            self._val_correct.append(grade(self.task, text, records[i]))
+        for i, slot, text in zip(
+            batch["index"].tolist(), batch["slot"].tolist(), gen.texts, strict=True
+        ):
+            if slot >= 0:
+                self._val_counts += torch.tensor([grade(self.task, text, records[i]), 1.0])
 
     def on_validation_epoch_end(self) -> None:
-        if self._val_correct:
-            acc = sum(self._val_correct) / len(self._val_correct)
-            self.log("val/accuracy", acc, prog_bar=True)
+        correct, total = self.all_sum(self._val_counts).tolist()
+        if total:
+            self.log("val/accuracy", correct / total, prog_bar=True, sync_dist=True)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Seed the global RNG from (seed, step, rank), so a resumed run draws the same dropout."""
         state = np.random.SeedSequence([self.seed, self.global_step, self.global_rank])
         torch.manual_seed(int(state.generate_state(1)[0]))
 
-    def check_finite(self, loss: torch.Tensor) -> None:
-        """Note the step's loss; `on_before_optimizer_step` stops or skips if it is not finite.
+    def note_step_loss(self, loss: torch.Tensor) -> None:
+        """Keep the step's loss for `on_before_optimizer_step`, which stops or skips the step if
+        it is not finite.
 
         The decision waits until after backward so that every data-parallel rank reaches it
         (a rank raising on its own would leave the others waiting in the gradient all-reduce).
@@ -141,6 +243,7 @@ class StageModule(L.LightningModule):
             "base_model": self.lm.backbone.name,
             "reasoner_config": vars(self.reasoner.config).copy(),
             "skipped_nonfinite": self.skipped_nonfinite,
+            "stage": self.stage_name,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -159,6 +262,15 @@ class StageModule(L.LightningModule):
                 f"{self.reasoner.config.num_latents}"
             )
         self.skipped_nonfinite = meta.get("skipped_nonfinite", 0)
+        if "state_dict" not in checkpoint:  # FSDP took the weights out and loaded them already
+            return
+        own = self.state_dict()
+        expected = {k for k in own if not k.startswith(BASE_PREFIX)}
+        saved = set(checkpoint["state_dict"])
+        if saved != expected:
+            raise CheckpointError(
+                f"checkpoint weights do not match this run's reasoner (missing "
+                f"{sorted(expected - saved)[:3]}, unexpected {sorted(saved - expected)[:3]})"
+            )
         # Put the frozen base back so that loading stays strict for the reasoner's keys.
-        base = {k: v for k, v in self.state_dict().items() if k.startswith(BASE_PREFIX)}
-        checkpoint["state_dict"].update(base)
+        checkpoint["state_dict"].update({k: v for k, v in own.items() if k.startswith(BASE_PREFIX)})

@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lrt.distributed import checksum, full_state_dict, gather_objects
 from lrt.errors import CheckpointError
 from lrt.training.base import StageModule
 
@@ -27,24 +28,33 @@ log = logging.getLogger(__name__)
 
 
 class ReasonerExport(L.Callback):
-    """Writes `<run>/reasoner/best` whenever `monitor` improves and `<run>/reasoner/final`."""
+    """Writes `<run>/reasoner/best` whenever `monitor` improves and `<run>/reasoner/final`.
+
+    Every rank gathers the reasoner's full weights (a collective under FSDP, where each rank
+    holds a shard); rank 0 writes them. The decision to export is the same on every rank,
+    since the monitored validation accuracy is summed over ranks before it is logged.
+    """
 
     def __init__(self, directory: str | Path, monitor: str = "val/accuracy") -> None:
         self.directory = Path(directory)
         self.monitor = monitor
         self.best: float | None = None
 
+    def _export(self, trainer: L.Trainer, pl_module: StageModule, name: str) -> None:
+        state = full_state_dict(pl_module.reasoner)
+        if trainer.is_global_zero:
+            pl_module.reasoner.save_pretrained(self.directory / name, state_dict=state)
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: StageModule) -> None:
         value = trainer.callback_metrics.get(self.monitor)
-        if trainer.sanity_checking or value is None or not trainer.is_global_zero:
+        if trainer.sanity_checking or value is None:
             return
         if self.best is None or float(value) > self.best:
             self.best = float(value)
-            pl_module.reasoner.save_pretrained(self.directory / "best")
+            self._export(trainer, pl_module, "best")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: StageModule) -> None:
-        if trainer.is_global_zero:
-            pl_module.reasoner.save_pretrained(self.directory / "final")
+        self._export(trainer, pl_module, "final")
 
     def state_dict(self) -> dict:
         return {"best": self.best}
@@ -57,18 +67,17 @@ class RankConsistencyCheck(L.Callback):
     """At the end of data-parallel training, check every rank holds the same reasoner.
 
     DDP keeps replicas equal only if every rank steps identically; a rank-dependent code path
-    (a skipped batch, a different clip) silently splits them. Comparing a fingerprint of the
-    weights across ranks catches that before a diverged replica is exported.
+    (a skipped batch, a different clip) silently splits them. Each rank digests the reasoner's
+    full weights (gathered from the shards under FSDP) and the digests are compared, which
+    works whatever the ranks' shard sizes.
     """
 
     def on_train_end(self, trainer: L.Trainer, pl_module: StageModule) -> None:
         if trainer.world_size < 2:
             return
-        flat = torch.cat([p.detach().float().flatten() for p in pl_module.reasoner.parameters()])
-        gathered = pl_module.all_gather(flat)
-        spread = (gathered - gathered[0]).abs().max().item()
-        if spread > 0:
-            raise RuntimeError(f"reasoner weights differ across ranks by up to {spread:.3g}")
+        digests = gather_objects(checksum(full_state_dict(pl_module.reasoner)))
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"reasoner weights differ across ranks (digests {digests})")
         log.info("reasoner weights identical on %d ranks", trainer.world_size)
 
 

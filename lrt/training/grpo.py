@@ -42,11 +42,13 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from lrt import sampling
 from lrt.data.collate import pad_token_rows
 from lrt.data.records import Record
 from lrt.errors import CheckpointError, ConfigError, reject_unknown_keys
 from lrt.grading import extract, grade
 from lrt.latent_lm import Generation, LatentLM, Prefix
+from lrt.sampling import RowNoise
 from lrt.training.base import StageModule
 from lrt.training.grpo_loss import (
     check_loss_type,
@@ -54,7 +56,8 @@ from lrt.training.grpo_loss import (
     gaussian_logprob,
     group_advantages,
     k3_kl,
-    policy_loss,
+    loss_units,
+    policy_loss_sum,
     zero_std_groups,
 )
 from lrt.training.optim import OptimConfig, configure
@@ -73,8 +76,9 @@ STAGE_KEYS = frozenset(
 """Keys of the `stage` group that train.py reads itself; the rest configure GRPO."""
 
 SAMPLE_ROWS = 8
-NOISE_STATE_KEY = "grpo_noise_rng"
 EXPLORATIONS = ("latent", "answer", "both")
+LATENT_STREAM, ANSWER_STREAM = 1, 2
+"""Key-path tags that keep the latent noise and the answer-token uniforms independent."""
 
 
 @dataclass
@@ -201,8 +205,13 @@ class Rollout:
     rewards: torch.Tensor
     correct: torch.Tensor
     advantages: torch.Tensor
+    mask: torch.Tensor
+    """Which policy tokens count, [B*G, T]: the K latents (when sampled), then the answer
+    tokens (when sampled); what the loss type averages over."""
     zero_std: torch.Tensor
     """Groups whose rewards are all equal, [B]: they carry no learning signal."""
+    real: torch.Tensor
+    """Which samples are real, [B*G]: a rank's padding question (slot -1) carries no loss."""
     generation: Generation
     records: list[Record]
     """One per sample (each question's record repeated G times)."""
@@ -210,6 +219,8 @@ class Rollout:
 
 class GRPOModule(StageModule):
     """Trains the reasoner's means (and optionally sigma) with group-relative policy gradients."""
+
+    stage_name = "grpo"
 
     def __init__(
         self,
@@ -221,8 +232,7 @@ class GRPOModule(StageModule):
         seed: int = 0,
         val_max_answer_tokens: int = 16,
     ) -> None:
-        super().__init__(lm, task, val_max_answer_tokens)
-        self.automatic_optimization = False
+        super().__init__(lm, task, val_max_answer_tokens, settings.max_grad_norm)
         self.optim = optim
         self.settings = settings
         self.max_steps = max_steps
@@ -236,8 +246,7 @@ class GRPOModule(StageModule):
         self.ref_reasoner = (
             copy.deepcopy(self.reasoner).requires_grad_(False) if settings.beta > 0 else None
         )
-        # CPU generator: the same noise on any device, and its state fits in a checkpoint.
-        self.noise = torch.Generator().manual_seed(seed)
+        self.seed = seed
 
     @classmethod
     def from_config(cls, lm: LatentLM, cfg: DictConfig, optim: OptimConfig) -> GRPOModule:
@@ -253,11 +262,29 @@ class GRPOModule(StageModule):
             val_max_answer_tokens=stage["val_max_answer_tokens"],
         )
 
+    def train(self, mode: bool = True) -> GRPOModule:
+        """Keep the reasoner's dropout off (TRL's `disable_dropout`): the means the answers are
+        sampled around must be the means the loss scores them under, or the ratio is not 1 at
+        the first iteration and the policy gradient is biased by the dropout noise."""
+        super().train(mode)
+        self.reasoner.eval()
+        if self.ref_reasoner is not None:
+            self.ref_reasoner.eval()
+        return self
+
     # --- the policy --------------------------------------------------------------------------
 
     def _log_sigma_bounds(self) -> tuple[float, float]:
+        """log(sigma_min / sigma_scale), log(sigma_max / sigma_scale), rounded inwards to float32
+        so that the clamped float32 parameter never lies outside the configured range."""
         s = self.settings
-        return math.log(s.sigma_min / s.sigma_scale), math.log(s.sigma_max / s.sigma_scale)
+        lo, hi = math.log(s.sigma_min / s.sigma_scale), math.log(s.sigma_max / s.sigma_scale)
+        lo32, hi32 = torch.tensor(lo), torch.tensor(hi)
+        if float(lo32) < lo:
+            lo32 = lo32.nextafter(torch.tensor(math.inf))
+        if float(hi32) > hi:
+            hi32 = hi32.nextafter(torch.tensor(-math.inf))
+        return float(lo32), float(hi32)
 
     def sigma(self) -> torch.Tensor:
         """The latent noise scale: fixed, or learned and clamped to its configured range."""
@@ -277,20 +304,49 @@ class GRPOModule(StageModule):
 
     # --- rollouts ----------------------------------------------------------------------------
 
+    def latent_noise(self, step: int, slots: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """eps for each question's G samples, [B*G, K, d], a function of (seed, step, slot):
+        the same whichever rank or micro-batch rolls the question out, and after a resume."""
+        device = self.lm.device
+        return torch.cat(
+            [
+                sampling.gaussian(sampling.key(self.seed, LATENT_STREAM, step, slot), shape, device)
+                for slot in slots.tolist()
+            ]
+        )
+
+    def answer_noise(self, step: int, slots: torch.Tensor) -> RowNoise:
+        """Uniforms for sampled answer tokens, keyed by (slot, sample) like the latent noise."""
+        g = self.settings.num_generations
+        rows = slots.to(self.lm.device).long().repeat_interleave(g) * g
+        rows = rows + torch.arange(g, device=rows.device).repeat(len(slots))
+        return RowNoise(sampling.key(self.seed, ANSWER_STREAM, step), rows)
+
     @torch.no_grad()
     def rollout(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, records: list[Record]
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        records: list[Record],
+        slots: torch.Tensor | None = None,
+        step: int | None = None,
     ) -> Rollout:
-        """Sample G (latents, answer) pairs per question, decoding all B*G in one batched call."""
+        """Sample G (latents, answer) pairs per question, decoding all B*G in one batched call.
+
+        `slots` are the questions' positions in the global batch and `step` the optimiser step
+        (default: 0..B-1 and the current step); the randomness is keyed by both.
+        """
         s = self.settings
         g = s.num_generations
+        step = self.global_step if step is None else step
+        slots = torch.arange(len(records)) if slots is None else slots
         prefix = self.lm.encode(input_ids, attention_mask)
         mu = self._means(self.reasoner, prefix).repeat_interleave(g, dim=0)
         noise = old_latent_logp = None
         z = mu
         if s.samples_latents:
             sigma = self.sigma().detach()
-            noise = torch.randn(mu.shape, generator=self.noise).to(mu.device)
+            noise = self.latent_noise(step, slots, (g, *mu.shape[1:]))
             z = mu + sigma * noise
             old_latent_logp = gaussian_logprob(z, mu, sigma)
         gen = self.lm.generate(
@@ -300,7 +356,8 @@ class GRPOModule(StageModule):
             max_answer_tokens=s.max_answer_tokens,
             temperature=s.temperature,
             top_p=s.top_p,
-            generator=self.noise,
+            noise=self.answer_noise(step, slots) if s.samples_answers else None,
+            all_done=self.all_done if self._trainer is not None else None,
         )
         rows = [r for r in records for _ in range(g)]
         correct = torch.tensor(
@@ -323,18 +380,23 @@ class GRPOModule(StageModule):
             correct=correct,
             advantages=group_advantages(rewards, g, s.scale_rewards).to(mu.device),
             zero_std=zero_std_groups(rewards, g),
+            real=(slots >= 0).repeat_interleave(g).to(mu.device),
+            mask=mu.new_ones(len(rows), self.reasoner.num_latents if s.samples_latents else 0),
             generation=gen,
             records=rows,
         )
         if s.samples_answers:
             ids, mask = pad_token_rows(gen.token_ids, self.lm.tokenizer.pad_token_id)
             rollout.answer_ids, rollout.answer_mask = ids.to(mu.device), mask.to(mu.device)
+            rollout.mask = torch.cat([rollout.mask, rollout.answer_mask.to(mu.dtype)], dim=1)
             if s.num_iterations > 1:
                 rollout.old_answer_logp = self._answer_logprobs(rollout, z)
             if self.ref_reasoner is not None:
                 rollout.ref_answer_logp = self._answer_logprobs(
                     rollout, self._latents(self.ref_reasoner, rollout)
                 )
+        rollout.mask = rollout.mask * rollout.real.unsqueeze(1)
+        rollout.advantages = rollout.advantages * rollout.real
         return rollout
 
     # --- the objective -----------------------------------------------------------------------
@@ -360,15 +422,16 @@ class GRPOModule(StageModule):
             temperature=self.settings.temperature,
         )
 
-    def loss(self, rollout: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Clipped-ratio loss of the current policy on `rollout`, plus `beta` times the KL.
+    def loss_sum(self, rollout: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Numerator of the clipped-ratio loss of the current policy on `rollout` (plus `beta`
+        times the KL), to be divided by `loss_units` summed over chunks and ranks.
 
         The tokens are the K latent vectors (latent term), the answer tokens (answer term), or
         both side by side; the loss type aggregates over all of them.
         """
         s = self.settings
         g = s.num_generations
-        logps, olds, masks, kls = [], [], [], []
+        logps, olds, kls = [], [], []
         stats: dict[str, torch.Tensor] = {}
         if s.samples_latents:
             assert rollout.old_latent_logp is not None
@@ -377,28 +440,24 @@ class GRPOModule(StageModule):
             logp = gaussian_logprob(rollout.latents, mu.repeat_interleave(g, dim=0), sigma)
             logps.append(logp)
             olds.append(rollout.old_latent_logp)
-            masks.append(torch.ones_like(logp))
             if self.ref_reasoner is not None:
                 with torch.no_grad():
                     mu_ref = self._means(self.ref_reasoner, rollout.prefix)
-                kls.append(gaussian_kl(mu, mu_ref, sigma).repeat_interleave(g, dim=0))
+                sigma_ref = torch.tensor(self.sigma_init, device=mu.device)
+                kls.append(gaussian_kl(mu, sigma, mu_ref, sigma_ref).repeat_interleave(g, dim=0))
         if s.samples_answers:
             assert rollout.answer_mask is not None
             logp = self._answer_logprobs(rollout, self._latents(self.reasoner, rollout))
             logps.append(logp)
             old = rollout.old_answer_logp
             olds.append(logp.detach() if old is None else old)
-            masks.append(rollout.answer_mask.to(logp.dtype))
             if rollout.ref_answer_logp is not None:
-                kls.append(k3_kl(logp, rollout.ref_answer_logp) * masks[-1])
-        mask = torch.cat(masks, dim=1)
+                kls.append(k3_kl(logp, rollout.ref_answer_logp) * rollout.answer_mask)
+        mask = rollout.mask
         kl = torch.cat(kls, dim=1) if kls else None
         if kl is not None:
             stats["kl"] = ((kl.detach() * mask).sum() / mask.sum().clamp(min=1)).detach()
-        max_tokens = (self.reasoner.num_latents if s.samples_latents else 0) + (
-            s.max_answer_tokens if s.samples_answers else 0
-        )
-        loss, stats["clip_frac"] = policy_loss(
+        total, stats["clip_frac"] = policy_loss_sum(
             torch.cat(logps, dim=1),
             torch.cat(olds, dim=1),
             rollout.advantages,
@@ -408,9 +467,21 @@ class GRPOModule(StageModule):
             kl=kl,
             beta=s.beta,
             mask=mask,
-            max_tokens=max_tokens,
         )
-        return loss, stats
+        return total, stats
+
+    def loss_units(self, rollout: Rollout) -> torch.Tensor:
+        """This rollout's share of the loss's denominator (see `grpo_loss.loss_units`)."""
+        s = self.settings
+        max_tokens = (self.reasoner.num_latents if s.samples_latents else 0) + (
+            s.max_answer_tokens if s.samples_answers else 0
+        )
+        return loss_units(s.loss_type, rollout.mask, max_tokens)
+
+    def loss(self, rollout: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss on one rollout alone: `loss_sum / loss_units`."""
+        total, stats = self.loss_sum(rollout)
+        return total / self.loss_units(rollout).clamp(min=1).to(total.device), stats
 
     def batches_done(self) -> int:
         """Each batch of rollouts takes `num_iterations` optimiser steps."""
@@ -426,50 +497,47 @@ class GRPOModule(StageModule):
         return [slice(i, min(i + size, b)) for i in range(0, b, size)]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """Rollouts for the batch (chunk by chunk), then `num_iterations` optimiser steps."""
+        """Rollouts for the batch (chunk by chunk), then `num_iterations` optimiser steps on the
+        global mean of the loss over every chunk and rank."""
         s = self.settings
         started = time.perf_counter()
         records = self.trainer.datamodule.train_records
+        first_step = self.global_step
         rollouts = [
             self.rollout(
                 batch["input_ids"][c],
                 batch["attention_mask"][c],
                 [records[i] for i in batch["index"][c].tolist()],
+                slots=batch["slot"][c],
+                step=first_step,
             )
             for c in self._chunks(batch)
         ]
-        first_step = self.global_step
-        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        units = self.all_sum(sum(float(self.loss_units(r)) for r in rollouts))
         totals: dict[str, float] = {}
+
+        def loss_sum(rollout: Rollout) -> torch.Tensor:
+            total, stats = self.loss_sum(rollout)
+            for key, value in stats.items():
+                share = float(value) / (s.num_iterations * len(rollouts))
+                totals[key] = totals.get(key, 0.0) + share
+            return total
+
         for _ in range(s.num_iterations):
-            optimizer.zero_grad()
-            step_loss = torch.zeros((), device=self.lm.device)
-            for rollout in rollouts:
-                loss, stats = self.loss(rollout)
-                loss = loss / len(rollouts)
-                self.manual_backward(loss)
-                step_loss = step_loss + loss.detach()
-                for key, value in stats.items():
-                    share = float(value) / (s.num_iterations * len(rollouts))
-                    totals[key] = totals.get(key, 0.0) + share
-            self.check_finite(step_loss)
-            if s.max_grad_norm is not None:
-                self.clip_gradients(
-                    optimizer, gradient_clip_val=s.max_grad_norm, gradient_clip_algorithm="norm"
-                )
-            optimizer.step()
-            scheduler.step()
+            step_loss = self.optimizer_step_on(rollouts, loss_sum, units)
             self._project_sigma()
             totals["loss"] = totals.get("loss", 0.0) + float(step_loss) / s.num_iterations
-        rewards = torch.cat([r.rewards for r in rollouts])
-        lengths = [n for r in rollouts for n in r.generation.num_generated]
+        real = torch.cat([r.real for r in rollouts]).cpu()
+        g = s.num_generations
+        rewards = torch.cat([r.rewards for r in rollouts])[real]
+        lengths = torch.tensor([n for r in rollouts for n in r.generation.num_generated])
         metrics = {
             "reward_mean": rewards.mean(),
             "reward_std": rewards.std(),
-            "accuracy": torch.cat([r.correct for r in rollouts]).float().mean(),
-            "frac_zero_std": torch.cat([r.zero_std for r in rollouts]).float().mean(),
-            "answer_length": torch.tensor(lengths).float().mean(),
-            "lr": scheduler.get_last_lr()[0],
+            "accuracy": torch.cat([r.correct for r in rollouts])[real].float().mean(),
+            "frac_zero_std": torch.cat([r.zero_std for r in rollouts])[real[::g]].float().mean(),
+            "answer_length": lengths[real].float().mean(),
+            "lr": self.lr_schedulers().get_last_lr()[0],
             "step_time_s": time.perf_counter() - started,
             **totals,
         }
@@ -516,20 +584,12 @@ class GRPOModule(StageModule):
 
     # --- checkpoints -------------------------------------------------------------------------
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Also keep the noise generator, so a resumed run draws the noise it would have drawn.
-
-        Every rank draws from the same stream; ranks see different questions, so this
-        correlates nothing within a group, and one saved state resumes any world size exactly.
-        """
-        super().on_save_checkpoint(checkpoint)
-        checkpoint[NOISE_STATE_KEY] = self.noise.get_state()
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if NOISE_STATE_KEY not in checkpoint:
+        # Checkpoints from before the noise was keyed by step held a generator state instead.
+        meta = checkpoint.get("lrt")
+        if meta is not None and meta.get("stage") != "grpo" and "grpo_noise_rng" not in checkpoint:
             raise CheckpointError(
                 "checkpoint has no GRPO state: resume GRPO from a GRPO checkpoint, and start "
                 "from an SFT one with init_from=<checkpoint>"
             )
-        self.noise.set_state(checkpoint[NOISE_STATE_KEY])
+        super().on_load_checkpoint(checkpoint)

@@ -22,7 +22,7 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -297,9 +297,10 @@ def reward_functions(
 
 
 def cot_prompt(prompt_text: str, think_open: str, tokenizer: Any) -> str:
-    """The prompt TRL tokenizes: the chat-templated text plus the thinking marker, minus a
-    leading BOS that the tokenizer adds again itself (TRL tokenizes with special tokens)."""
-    text = prompt_text + think_open
+    """The prompt TRL tokenizes: the chat-templated text plus the thinking marker (unless the
+    template already ends with it, as DeepSeek-R1-Distill's does), minus a leading BOS that the
+    tokenizer adds again itself (TRL tokenizes with special tokens)."""
+    text = prompt_text if prompt_text.endswith(think_open) else prompt_text + think_open
     bos = tokenizer.bos_token
     if bos and text.startswith(bos):
         ids = tokenizer("a").input_ids
@@ -548,11 +549,13 @@ def train_grpo_cot(cfg: DictConfig, run_dir: Path) -> Path:
 
     report_to = report_targets(cfg.get("logger"))
     if "wandb" in report_to:
-        from lrt.loggers import wandb_should_be_offline
+        from lrt.loggers import wandb_run_id, wandb_should_be_offline
 
         wandb_node = cfg.logger.wandb
         os.environ.setdefault("WANDB_DIR", str(run_dir))
         os.environ.setdefault("WANDB_PROJECT", str(wandb_node.get("project") or "lrt"))
+        os.environ["WANDB_RUN_ID"] = wandb_run_id(run_dir)  # a resume continues the same run
+        os.environ["WANDB_RESUME"] = "allow"
         if wandb_node.get("entity"):
             os.environ.setdefault("WANDB_ENTITY", str(wandb_node.entity))
         if wandb_should_be_offline():
@@ -570,6 +573,7 @@ def train_grpo_cot(cfg: DictConfig, run_dir: Path) -> Path:
         progress_bar=bool(cfg.get("trainer", {}).get("enable_progress_bar", True)),
     )
     meta = {
+        "base_config": asdict(backbone.config),
         "task": cfg.data.task,
         "think_open": backbone.config.think_open,
         "think_close": backbone.config.think_close,

@@ -53,10 +53,22 @@ def gaussian_logprob(z: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> 
     return -0.5 * quad - d * (torch.log(sigma) + 0.5 * math.log(2 * math.pi))
 
 
-def gaussian_kl(mu: torch.Tensor, mu_ref: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, sigma^2 I) || N(mu_ref, sigma^2 I)) per latent token: `||mu - mu_ref||^2 / 2s^2`."""
-    diff = mu.float() - mu_ref.float()
-    return diff.pow(2).sum(dim=-1) / (2 * sigma.float().pow(2))
+def gaussian_kl(
+    mu: torch.Tensor, sigma: torch.Tensor, mu_ref: torch.Tensor, sigma_ref: torch.Tensor
+) -> torch.Tensor:
+    """KL(N(mu, sigma^2 I) || N(mu_ref, sigma_ref^2 I)) per latent token, summed over d.
+
+    `d * (log(sigma_ref / sigma) + sigma^2 / (2 sigma_ref^2) - 1/2) + ||mu - mu_ref||^2 /
+    (2 sigma_ref^2)`: the mean term is scaled by the *reference* policy's variance, so a
+    learned sigma cannot lower the penalty by growing; with sigma = sigma_ref it is the
+    equal-variance closed form `||mu - mu_ref||^2 / (2 sigma^2)`.
+    """
+    mu, mu_ref = mu.float(), mu_ref.float()
+    sigma, sigma_ref = sigma.float(), sigma_ref.float()
+    d = mu.shape[-1]
+    var_ratio = (sigma / sigma_ref).pow(2)
+    spread = 0.5 * d * (var_ratio - 1 - torch.log(var_ratio))
+    return spread + (mu - mu_ref).pow(2).sum(dim=-1) / (2 * sigma_ref.pow(2))
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -71,6 +83,19 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 def check_loss_type(loss_type: str) -> None:
     if loss_type not in LOSS_TYPES:
         raise ConfigError(f"stage.loss_type={loss_type!r} is not one of {LOSS_TYPES}")
+
+
+def loss_units(loss_type: str, mask: torch.Tensor, max_tokens: int | None = None) -> torch.Tensor:
+    """What a loss type averages over, counted in `mask` ([N, T]): samples (`grpo`), tokens
+    (`bnpo`) or samples times the most tokens a sample can have (`dr_grpo`). Summed over
+    micro-batches and ranks it normalises the global loss."""
+    check_loss_type(loss_type)
+    samples = (mask.sum(-1) > 0).sum().float()  # a row with no counted token is padding
+    if loss_type == "grpo":
+        return samples
+    if loss_type == "bnpo":
+        return mask.sum().float()
+    return samples * (max_tokens or mask.shape[1])
 
 
 def policy_loss(
@@ -94,8 +119,28 @@ def policy_loss(
     divides the sum by N times the most tokens a sample can have (`max_tokens`, TRL's
     `max_completion_length`; default T). With K latents only, every token is present and the
     three coincide; `mask` ([N, T], 1 = counted) is where they differ, for variable-length
-    answers.
+    answers. The loss is `policy_loss_sum(...) / loss_units(...)`.
     """
+    total, clip_frac = policy_loss_sum(
+        logp, old_logp, advantages, loss_type, epsilon_low, epsilon_high, kl, beta, mask
+    )
+    mask = torch.ones_like(logp) if mask is None else mask
+    return total / loss_units(loss_type, mask, max_tokens).clamp(min=1), clip_frac
+
+
+def policy_loss_sum(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    loss_type: str = "grpo",
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.2,
+    kl: torch.Tensor | None = None,
+    beta: float = 0.0,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The numerator of `policy_loss`: summed per-sample means (`grpo`) or summed per-token
+    terms (`bnpo`, `dr_grpo`), so that micro-batches and ranks can share one denominator."""
     check_loss_type(loss_type)
     mask = torch.ones_like(logp) if mask is None else mask.to(logp.dtype)
     ratio = torch.exp(logp - old_logp)
@@ -107,12 +152,10 @@ def policy_loss(
             raise ValueError("policy_loss: beta != 0 needs the per-token KL")
         per_token = per_token + beta * kl
     if loss_type == "grpo":
-        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
-    elif loss_type == "bnpo":
-        loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
+        total = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum()
     else:
-        loss = (per_token * mask).sum() / (per_token.shape[0] * (max_tokens or per_token.shape[1]))
+        total = (per_token * mask).sum()
     with torch.no_grad():
         active = ((ratio < 1 - epsilon_low) & (adv < 0)) | ((ratio > 1 + epsilon_high) & (adv > 0))
         clip_frac = (active.to(mask.dtype) * mask).sum() / mask.sum().clamp(min=1)
-    return loss, clip_frac
+    return total, clip_frac

@@ -17,12 +17,17 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    """AdamW's denominator term. Updates are `lr * m / (sqrt(v) + eps)`: a gradient far below
+    eps moves a parameter by far less than lr, one far above it by about lr."""
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ConfigError(f"stage.optim.lr={self.lr} must be positive")
+        if self.eps <= 0:
+            raise ConfigError(f"stage.optim.eps={self.eps} must be positive")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"stage.optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
@@ -49,6 +54,7 @@ def configure(
         [p for p in params if p.requires_grad],
         lr=cfg.lr,
         betas=cfg.betas,
+        eps=cfg.eps,
         weight_decay=cfg.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(

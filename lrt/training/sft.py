@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -10,9 +11,15 @@ from lrt.latent_lm import LatentLM
 from lrt.training.base import StageModule
 from lrt.training.optim import OptimConfig, configure
 
+Batch = dict[str, torch.Tensor]
+
 
 class SFTModule(StageModule):
-    """Trains the reasoner only; validation reports teacher-forced loss and greedy accuracy."""
+    """Trains the reasoner only; validation reports teacher-forced loss and greedy accuracy.
+
+    The loss is the mean negative log-likelihood over every answer token of the global batch,
+    whatever the number of ranks and `micro_batch_size` (questions per forward/backward pass).
+    """
 
     def __init__(
         self,
@@ -21,28 +28,55 @@ class SFTModule(StageModule):
         optim: OptimConfig,
         max_steps: int,
         val_max_answer_tokens: int = 16,
+        micro_batch_size: int | None = None,
+        max_grad_norm: float | None = 1.0,
     ) -> None:
-        super().__init__(lm, task, val_max_answer_tokens)
+        super().__init__(lm, task, val_max_answer_tokens, max_grad_norm)
         self.optim = optim
         self.max_steps = max_steps
+        self.micro_batch_size = micro_batch_size
+        self._val_nll = torch.zeros(2, dtype=torch.float64)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.lm.sft_loss(
-            batch["input_ids"], batch["attention_mask"], batch["answer_ids"], batch["answer_mask"]
+    def answer_nll(self, batch: Batch) -> torch.Tensor:
+        """Summed negative log-likelihood of the batch's answer tokens."""
+        return self.lm.sft_loss(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["answer_ids"],
+            batch["answer_mask"],
+            reduction="sum",
         )
-        self.check_finite(loss)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        return loss
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def training_step(self, batch: Batch, batch_idx: int) -> None:
+        started = time.perf_counter()
+        counted = (batch["slot"] >= 0).unsqueeze(1)  # padding rows of a rank's slice: no loss
+        batch = {**batch, "answer_mask": batch["answer_mask"] * counted}
+        b = batch["input_ids"].shape[0]
+        size = self.micro_batch_size or b
+        chunks = [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, b, size)]
+        tokens = self.all_sum(batch["answer_mask"].sum())
+        loss = self.optimizer_step_on(chunks, self.answer_nll, tokens)
+        self.log("train/loss", float(loss), prog_bar=True, batch_size=b)
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=b)
+        self.log("train/step_time_s", time.perf_counter() - started, batch_size=b)
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        self._val_nll = torch.zeros(2, dtype=torch.float64)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Teacher-forced answer loss, plus the greedy accuracy every stage reports."""
-        prefix = self.lm.encode(batch["input_ids"], batch["attention_mask"])
-        logp = self.lm.answer_logprobs(
-            prefix, self.lm.reason(prefix), batch["answer_ids"], batch["answer_mask"]
-        )
-        loss = -logp.sum() / batch["answer_mask"].sum()
-        self.log("val/loss", loss, batch_size=batch["input_ids"].shape[0])
+        counted = (batch["slot"] >= 0).unsqueeze(1)
+        masked = {**batch, "answer_mask": batch["answer_mask"] * counted}
+        nll = self.answer_nll(masked)
+        self._val_nll += torch.tensor([float(nll), float(masked["answer_mask"].sum())])
         super().validation_step(batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        nll, tokens = self.all_sum(self._val_nll).tolist()
+        if tokens:
+            self.log("val/loss", nll / tokens, sync_dist=True)  # equal on every rank already
+        super().on_validation_epoch_end()
 
     def configure_optimizers(self) -> dict[str, Any]:
         return configure(self.reasoner.parameters(), self.optim, self.max_steps)

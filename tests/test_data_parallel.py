@@ -1,0 +1,175 @@
+"""Data parallelism (DESIGN.md section 6): `stage.batch_size` is the global batch, each rank
+takes its own slice, and N ranks (DDP or FSDP) end with the weights one process reaches.
+
+The end-to-end runs are `train.py` subprocesses on 2 gloo CPU processes against one process of
+the same config; global batches that do not divide evenly, answers of different lengths and
+validation and test sets that do not split evenly are all chosen on purpose.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lrt.backbone import tiny_tokenizer
+from lrt.data.datamodule import LRTDataModule, ShardedEvalSampler, StepBatchSampler, shard
+from lrt.reasoner import Reasoner, build_reasoner
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "model=tiny_random",
+    "reasoner.width=32",
+    "reasoner.num_latents=2",
+    "stage.batch_size=5",  # 3 + 2 questions on 2 ranks
+    "stage.max_steps=3",
+    "stage.val_every_n_steps=2",
+    "stage.checkpoint_every_n_steps=1",
+    "data.val.limit=3",
+    "data.test.limit=3",
+    "final_eval.max_answer_tokens=3",
+    "trainer.enable_progress_bar=false",
+    # Attention key biases have a zero gradient in exact arithmetic; Adam with its default eps
+    # of 1e-8 would turn their 1e-10 rounding noise, which differs with the batch's split,
+    # into updates of 1e-5. A larger eps keeps the comparison about the sharding.
+    "stage.optim.eps=1e-6",
+]
+TWO_RANKS = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
+
+
+def test_shards_are_disjoint_and_cover_the_items_in_order() -> None:
+    items = list(range(7))
+    parts = [shard(items, r, 3) for r in range(3)]
+    assert parts == [[0, 1, 2], [3, 4], [5, 6]]
+    assert shard(items, 0, 1) == items
+
+
+def test_two_ranks_see_each_question_of_the_global_batch_once() -> None:
+    """At every step the ranks' batches are disjoint and together are the global batch that
+    one process draws, with each question's slot (its place in the global batch)."""
+    tokenizer = tiny_tokenizer()
+    data_cfg = OmegaConf.load(ROOT / "conf" / "data" / "arith.yaml")
+    data_cfg.train.limit = 40
+
+    def batches(rank: int, world_size: int) -> list[list[tuple[int, int]]]:
+        data = LRTDataModule(data_cfg, tokenizer, None, batch_size=5, seed=3)
+        data.setup()
+        module = SimpleNamespace(batches_done=lambda: 2, total_batches=lambda: 12)
+        data.trainer = SimpleNamespace(
+            global_rank=rank, world_size=world_size, lightning_module=module
+        )
+        loader = data.train_dataloader()
+        return [list(zip(b["index"].tolist(), b["slot"].tolist(), strict=True)) for b in loader]
+
+    single = batches(0, 1)
+    rank0, rank1 = batches(0, 2), batches(1, 2)
+    assert len(single) == len(rank0) == len(rank1) == 10  # steps 2..11
+    for whole, a, b in zip(single, rank0, rank1, strict=True):
+        assert len(a) == len(b) == 3  # the shorter slice is padded: FSDP needs equal work
+        assert b[-1] == (b[-2][0], -1)  # by its last question again, as slot -1 (no loss)
+        assert a + b[:-1] == whole
+        assert [slot for _, slot in whole] == list(range(5))
+    with pytest.raises(Exception, match="stage.batch_size=1 is the global batch"):
+        StepBatchSampler(10, 1, 0, 0, 1, rank=0, world_size=2)
+
+
+def test_evaluation_shards_run_the_same_batches_on_every_rank() -> None:
+    shards = [list(ShardedEvalSampler(5, 2, rank, 2)) for rank in range(2)]
+    assert [len(s) for s in shards] == [2, 2]
+    assert [[len(b) for b in s] for s in shards] == [[2, 1], [2, 1]]
+    real = [key for s in shards for b in s for key in b if key[1] >= 0]
+    assert sorted(real) == [(i, i) for i in range(5)]
+    assert shards[1][-1] == [(4, -1)]  # padding repeats the shard's last record, not counted
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return Reasoner.from_pretrained(run_dir / "reasoner" / "final").state_dict()
+
+
+def initial_reasoner(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A saved starting reasoner, so both runs start from it and the test can check that
+    training moved the weights (else an equality would be empty)."""
+    torch.manual_seed(0)
+    reasoner = build_reasoner(
+        {"num_latents": 2, "width": 32, "depth": 1, "heads": 4}, "tiny-random-qwen3", 64, 0.1
+    )
+    return reasoner.save_pretrained(tmp_path / "init"), reasoner.state_dict()
+
+
+def run_pair(
+    tmp_path: Path, run_script, overrides: list[str], multi: list[str]
+) -> tuple[Path, Path, dict[str, torch.Tensor]]:
+    """The same config in one process and on 2 gloo processes (`multi` added)."""
+    init, start = initial_reasoner(tmp_path)
+    single, many = tmp_path / "single", tmp_path / "multi"
+    common = [*overrides, f"init_from={init}"]
+    result = run_script("train.py", *common, f"hydra.run.dir={single}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script("train.py", *common, *multi, *TWO_RANKS, f"hydra.run.dir={many}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = result.stdout + result.stderr  # Hydra's job logging goes to stdout
+    assert logs.count("reasoner weights identical on 2 ranks") == 2, logs[-3000:]
+    return single, many, start
+
+
+def assert_same_weights(got_run: Path, want_run: Path, start: dict[str, torch.Tensor]) -> None:
+    got, want = weights(got_run), weights(want_run)
+    moved = max((want[k] - start[k]).abs().max().item() for k in want)
+    assert moved > 1e-3, "training did not move the weights: the comparison would be empty"
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_rank_sft_ends_with_the_single_process_weights(
+    tmp_path: Path, run_script, strategy: str
+) -> None:
+    """DDP, and FSDP (FSDP2: base layers and reasoner sharded), on 2 gloo processes with
+    micro-batches of one question reach the weights of one process on the whole batch, and
+    print the same held-out table (decoded in shards, gathered)."""
+    single, multi, start = run_pair(
+        tmp_path, run_script, TINY, [f"trainer={strategy}", "stage.micro_batch_size=1"]
+    )
+    assert_same_weights(multi, single, start)
+    assert (multi / "final_eval.md").read_text() == (single / "final_eval.md").read_text()
+    assert (multi / "reasoner" / "best" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_two_rank_grpo_ends_with_the_single_process_weights(tmp_path: Path, run_script) -> None:
+    """Latent GRPO on 2 ranks: each question's noise is keyed by its slot in the global
+    batch, so the ranks draw what one process draws, and the loss is the global mean."""
+    grpo = [
+        *TINY,
+        "stage=grpo",
+        "stage.batch_size=3",  # 2 + 1 questions
+        "stage.num_generations=3",
+        "stage.max_answer_tokens=4",
+        "stage.sigma_scale=1.0",
+        "stage.format_reward=1.0",  # rewards that vary within groups on a random model
+        "stage.optim.lr=1e-2",
+        "data.train.limit=12",
+        "final_eval.enabled=false",
+    ]
+    single, multi, start = run_pair(tmp_path, run_script, grpo, ["trainer=ddp"])
+    assert_same_weights(multi, single, start)
+
+
+@pytest.mark.slow
+def test_fsdp_run_resumes_exactly(tmp_path: Path, run_script) -> None:
+    """A 2-rank FSDP run stopped at step 2 and resumed to 4 ends with the weights of a run
+    that went to 4 at once (FSDP loads the full-state checkpoint into the shards)."""
+    fsdp = [*TINY, "trainer=fsdp", *TWO_RANKS, "final_eval.enabled=false"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    for run_dir, steps in ((straight, 4), (resumed, 2), (resumed, 4)):
+        result = run_script(
+            "train.py", *fsdp, f"stage.max_steps={steps}", f"hydra.run.dir={run_dir}"
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stdout + result.stderr
+    for key, value in weights(straight).items():
+        torch.testing.assert_close(weights(resumed)[key], value, atol=1e-6, rtol=0)
