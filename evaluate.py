@@ -4,7 +4,7 @@ Loads the frozen backbone and every reasoner found under `checkpoints` / `sweep_
 reasoner folder, a Lightning `.ckpt`, a train.py run folder or a Hydra sweep folder), runs each
 task's test split in each mode and writes `results.json`, `predictions.jsonl`, `results.md`
 and `pareto.png` (plus `sweep.md` and `sweep.png` with `sweep_dir`) to the output folder. See
-`conf/evaluate.yaml` for every key and `lrt/evaluation.py` for what is measured.
+`conf/evaluate.yaml` for every key and `lrt/evaluation/` for what is measured.
 """
 
 from __future__ import annotations

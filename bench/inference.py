@@ -23,9 +23,10 @@ from common import ROOT, environment, latent_lm, load, parser, ratio, write_json
 
 from lrt.data.prompts import PromptConfig
 from lrt.data.tasks import load_task
-from lrt.evaluation import DecodeConfig, accuracy, mean_tokens, predict
+from lrt.evaluation import accuracy, mean_tokens, predict
 from lrt.latent_lm import LatentLM
-from lrt.reasoner import Reasoner
+from lrt.modes import DecodeConfig
+from lrt.reasoner import load_reasoner
 
 WARM_UP_TOKENS = 4
 
@@ -58,7 +59,7 @@ def main() -> None:
     records = load_task(args.task, "test", path=data_path(args.task), limit=args.questions)
     prompt = PromptConfig()
     if args.reasoner:
-        reasoner = Reasoner.from_pretrained(args.reasoner, backbone.name, backbone.hidden_size)
+        reasoner = load_reasoner(args.reasoner, backbone.name, backbone.hidden_size)
         lrt_models = {f"lrt K={reasoner.num_latents}": LatentLM(backbone, reasoner.to(args.device))}
     else:
         lrt_models = {f"lrt K={k}": latent_lm(backbone, k) for k in args.ks}
@@ -84,7 +85,7 @@ def main() -> None:
             warm_up = replace(decode, max_answer_tokens=WARM_UP_TOKENS, budget=WARM_UP_TOKENS)
             predict(lm, args.task, records[:batch], prompt, mode, warm_up, batch_size=batch)
             preds = predict(lm, args.task, timed, prompt, mode, decode, batch_size=batch)
-            latency = sum(x.latency_s for x in preds) / len(preds)
+            latency = sum(x.time_per_question_s for x in preds) / len(preds)
             rows.append(
                 {
                     "batch": batch,

@@ -11,7 +11,7 @@ Part 1, rollout throughput (answers/s) on the same B questions and the same late
 The decoded token ids of every batched row are compared with the loop's (same work, same answers).
 
 Part 2, one GRPO step (rollout + loss + backward + optimiser step) on the same B prompts x G
-samples: the latent `GRPOModule` (built with `from_config` from conf/stage/grpo.yaml, run by a
+samples: the latent `GRPOModule` (its settings from conf/stage/grpo.yaml, run by a
 `lightning.Trainer` on the real `LRTDataModule` of the arith task limited to those B records,
 timed per batch by a callback after one warm-up step) against TRL's `GRPOTrainer` on explicit
 chain-of-thought (the prompt opens the thinking span as the `cot` mode does), LoRA on the same
@@ -69,7 +69,7 @@ from lrt.data.prompts import PromptConfig, format_prompt
 from lrt.data.records import Record
 from lrt.data.tasks import load_task
 from lrt.latent_lm import LatentLM
-from lrt.reasoner import Reasoner
+from lrt.reasoner import load_reasoner
 
 TASK = "arith"
 RESULT = "RESULT "  # prefix of the JSON line a child process prints
@@ -90,7 +90,7 @@ def question_batch(backbone: Backbone, questions: int) -> tuple[list[Record], li
     """The first B training records of arith and their chat-templated prompts."""
     cfg = data_config(questions)
     records = load_task(TASK, "train", limit=questions, **(cfg["options"] or {}))
-    prompt = PromptConfig(**cfg["prompt"])
+    prompt = PromptConfig.from_cfg(cfg["prompt"])
     system = backbone.config.system_prompt
     return records, [format_prompt(backbone.tokenizer, r, prompt, system) for r in records]
 
@@ -111,7 +111,7 @@ def stage_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_lm(args: argparse.Namespace, backbone: Backbone) -> LatentLM:
     if args.reasoner:
-        reasoner = Reasoner.from_pretrained(args.reasoner, backbone.name, backbone.hidden_size)
+        reasoner = load_reasoner(args.reasoner, backbone.name, backbone.hidden_size)
         return LatentLM(backbone, reasoner.to(backbone.device))
     torch.manual_seed(0)
     return latent_lm(backbone, args.k)
@@ -183,14 +183,14 @@ def latent_step_part(args: argparse.Namespace, lm: LatentLM) -> dict[str, Any]:
     import lightning as L
 
     from lrt.data.datamodule import LRTDataModule
+    from lrt.data.settings import DataConfig
+    from lrt.schema import typed
     from lrt.training.grpo import GRPOModule
-    from lrt.training.optim import OptimConfig
+    from lrt.training.settings import GRPOSettings
 
-    stage = stage_config(args)
-    cfg = OmegaConf.create({"stage": stage, "data": {"task": TASK}, "seed": 0})
-    module = GRPOModule.from_config(lm, cfg, OptimConfig.from_dict(stage["optim"]))
+    module = GRPOModule(lm, TASK, typed(GRPOSettings, stage_config(args), "stage"))
     data = LRTDataModule(
-        data_config(args.questions),
+        typed(DataConfig, data_config(args.questions), "data"),
         lm.tokenizer,
         lm.backbone.config.system_prompt,
         args.questions,

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from lrt.backbone import Backbone, freeze
-from lrt.build import one_line
-from lrt.errors import CheckpointError
+from lrt.checkpoint import check_base_model
+from lrt.errors import CheckpointError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,7 @@ def check_base(folder: Path, base_model: str) -> None:
         raise CheckpointError(
             f"{meta_path} is not valid adapter metadata: {one_line(err)}"
         ) from err
-    if trained_for != base_model:
-        raise CheckpointError(
-            f"{folder}: adapter was trained for base model {trained_for!r}, not {base_model!r}"
-        )
+    check_base_model(trained_for, base_model, f"{folder}: adapter")
 
 
 def find_adapter(path: str | Path) -> Path:

@@ -30,6 +30,7 @@ from transformers import (
 )
 
 from lrt.errors import ConfigError
+from lrt.schema import typed
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,6 @@ class Backbone:
         return int(self.model.config.hidden_size)
 
     @property
-    def num_layers(self) -> int:
-        return int(self.model.config.num_hidden_layers)
-
-    @property
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
@@ -139,15 +136,8 @@ def load_backbone(cfg: BackboneConfig) -> Backbone:
 
 
 def backbone_config(raw: Any) -> BackboneConfig:
-    """Build a `BackboneConfig` from a Hydra/OmegaConf node or dict, naming unknown keys."""
-    data = dict(raw)
-    known = set(BackboneConfig.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown model config key 'model.{unknown[0]}'")
-    if "random_config" in data and data["random_config"] is not None:
-        data["random_config"] = dict(data["random_config"])
-    return BackboneConfig(**data)
+    """A checked `BackboneConfig` from a `model` config node or dict."""
+    return typed(BackboneConfig, raw, "model")
 
 
 # --- GGUF -------------------------------------------------------------------------------------

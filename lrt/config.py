@@ -1,118 +1,95 @@
-"""Checks on the composed config that run before any model is loaded.
+"""The composed `train.yaml` as one typed config, validated in one call before any model loads.
 
-Hydra already rejects unknown group options; these catch invalid values (K <= 0, unknown
-task or stage, a path that does not exist) with one line naming the key.
+Each config group is a dataclass owned by the code it configures (`BackboneConfig` in
+`backbone.py`, `ReasonerConfig` in `reasoner/`, `DataConfig` in `data/`, each stage's settings
+in `training/settings.py` or its baseline's package); `validate_train` checks every group, so an
+unknown key or a bad value anywhere fails with one line naming it, before anything is loaded.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from lrt.backbone import backbone_config
-from lrt.data.datamodule import PromptLimit, split_config
-from lrt.data.prompts import PromptConfig
-from lrt.data.tasks import TASKS, get_task, resolve_local
-from lrt.errors import ConfigError, DataError, reject_unknown_keys
+from lrt.backbone import BackboneConfig
+from lrt.data.settings import DataConfig
+from lrt.errors import ConfigError
+from lrt.modes import parse_mode
 from lrt.reasoner import ReasonerConfig
+from lrt.schema import plain, typed
+from lrt.stages import get_stage
 
-STAGES = ("sft", "grpo", "grpo_cot")
-
-
-def check_path(key: str, value: str | None) -> None:
-    if value is not None and not Path(value).exists():
-        raise ConfigError(f"{key}={value} does not exist")
-
-
-def validate_reasoner(raw: DictConfig) -> None:
-    """The `reasoner` group; a pretrained body's `init_from` must exist when it is a path."""
-    config = ReasonerConfig.from_dict(dict(raw))
-    source = config.init_from
-    if config.arch != "pretrained" or source in (None, "base"):
-        return
-    looks_local = source.endswith(".gguf") or source.startswith(("/", ".", "~"))
-    if looks_local and not Path(source).expanduser().exists():
-        raise ConfigError(f"reasoner.init_from={source} does not exist")
+RENAMED = {
+    "stage.sigma_min": "stage.sigma_min_scale",
+    "stage.sigma_max": "stage.sigma_max_scale",
+}
+"""Keys that were renamed, so an old command line is told the new name."""
 
 
-def check_split_task(task: str, split: str, other: str | None) -> None:
-    """A split borrowed from another task must exist and be graded the same way."""
-    if other is None:
-        return
-    if other not in TASKS:
-        raise ConfigError(
-            f"data.{split}.task={other!r} is not a known task ({', '.join(sorted(TASKS))})"
-        )
-    if TASKS[other].grader != TASKS[task].grader:
-        raise ConfigError(
-            f"data.{split}.task={other!r} is graded as {TASKS[other].grader!r}, but "
-            f"data.task={task!r} as {TASKS[task].grader!r}"
-        )
+@dataclass
+class GuardConfig:
+    """What stops a run early, and what it may skip instead."""
 
+    skip_nonfinite: int = 0
+    """Batches with a NaN/inf loss or gradient skipped before stopping (0: stop at the first)."""
+    min_free_gb: float = 1.0
+    """Free space the run folder needs at start, so a full disk fails before training."""
 
-def split_identity(data: DictConfig, key: str) -> tuple[str, str | None, str | None] | None:
-    """(task, split, resolved local file or None for the hub) that `data.<key>` reads, or None
-    for a validation slice carved from the training split."""
-    split = split_config(data[key], key)
-    if split.from_train:
-        return None
-    task = split.task or data.task
-    path = None
-    if split.path is not None:
-        try:
-            path = str(resolve_local(get_task(task), str(split.split), Path(split.path)).resolve())
-        except DataError:
-            path = str(Path(split.path).resolve())
-    return task, split.split, path
-
-
-def check_val_is_not_test(data: DictConfig) -> None:
-    """Validation chooses `reasoner/best`: on test questions, every `best` figure would be
-    leaked. Refused unless `data.allow_val_on_test=true` says it is meant."""
-    if data.get("val") is None or data.get("test") is None:
-        return
-    val, test = split_identity(data, "val"), split_identity(data, "test")
-    if val is not None and val == test and not data.get("allow_val_on_test", False):
-        where = test[2] or f"hub split {test[1]!r}"
-        raise ConfigError(
-            f"data.val and data.test both read task {test[0]!r} from {where}, so checkpoints "
-            "would be chosen on test questions; set data.val.from_train=true to carve a "
-            "validation slice out of train (or data.allow_val_on_test=true)"
-        )
-
-
-def validate_data(cfg: DictConfig) -> None:
-    if cfg.data.task not in TASKS:
-        raise ConfigError(
-            f"data.task={cfg.data.task!r} is not a known task ({', '.join(sorted(TASKS))})"
-        )
-    for split in ("train", "val"):
-        if cfg.data.get(split) is None:
+    def __post_init__(self) -> None:
+        if isinstance(self.skip_nonfinite, bool) or self.skip_nonfinite < 0:
             raise ConfigError(
-                f"data.{split} is null: data.task={cfg.data.task!r} is an evaluation-only task "
-                "here; train on another task and evaluate this one with evaluate.py"
+                f"guard.skip_nonfinite={self.skip_nonfinite} must be a non-negative integer"
             )
-    for split in ("train", "val", "test"):
-        if cfg.data.get(split) is not None:
-            check_path(f"data.{split}.path", cfg.data[split].get("path"))
-            check_split_task(cfg.data.task, split, cfg.data[split].get("task"))
-    PromptConfig(**dict(cfg.data.prompt))
-    PromptLimit.from_config(cfg.data, None)
-    check_val_is_not_test(cfg.data)
+        if self.min_free_gb < 0:
+            raise ConfigError(f"guard.min_free_gb={self.min_free_gb} must be a number >= 0")
 
 
-def validate_guard(guard: DictConfig) -> None:
-    """`guard.skip_nonfinite` and `guard.min_free_gb` (see conf/train.yaml)."""
-    reject_unknown_keys(guard, ("skip_nonfinite", "min_free_gb"), "guard")
-    skips = guard.skip_nonfinite
-    if isinstance(skips, bool) or not isinstance(skips, int) or skips < 0:
-        raise ConfigError(f"guard.skip_nonfinite={skips} must be a non-negative integer")
-    if not isinstance(guard.min_free_gb, int | float) or guard.min_free_gb < 0:
-        raise ConfigError(f"guard.min_free_gb={guard.min_free_gb} must be a number >= 0")
+@dataclass
+class FinalEvalConfig:
+    """The held-out comparison printed at the end of training (on `data.test`)."""
+
+    enabled: bool = True
+    modes: list[str] = field(default_factory=lambda: ["lrt", "nothink"])
+    batch_size: int = 32
+    max_answer_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        for mode in self.modes:
+            try:
+                parse_mode(mode)
+            except ConfigError as err:
+                raise ConfigError(f"final_eval.{err}") from None
+        for key in ("batch_size", "max_answer_tokens"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"final_eval.{key}={getattr(self, key)} must be positive")
 
 
-def validate_trainer(trainer: DictConfig) -> None:
+@dataclass
+class TrainConfig:
+    """A whole training job."""
+
+    model: BackboneConfig
+    reasoner: ReasonerConfig
+    data: DataConfig
+    stage: Any
+    """The stage's settings (`lrt.stages`: SFTSettings, GRPOSettings, GRPOCoTSettings)."""
+    trainer: dict[str, Any]
+    """Lightning `Trainer` arguments, passed through (see `check_trainer`)."""
+    logger: dict[str, Any] | None
+    paths: dict[str, Any]
+    guard: GuardConfig
+    final_eval: FinalEvalConfig
+    seed: int = 0
+    run_name: str | None = None
+    run_dir: str | None = None
+    ckpt_path: str | None = None
+    init_from: str | None = None
+
+
+def check_trainer(trainer: dict[str, Any]) -> None:
     """Trainer keys whose job the stages do themselves, refused with the key to use instead.
 
     Every stage accumulates micro-batches into one optimiser step itself (so the data order,
@@ -127,50 +104,48 @@ def validate_trainer(trainer: DictConfig) -> None:
         )
     if trainer.get("gradient_clip_val") is not None:
         raise ConfigError(
-            f"trainer.gradient_clip_val={trainer.gradient_clip_val} is not used: set "
+            f"trainer.gradient_clip_val={trainer['gradient_clip_val']} is not used: set "
             "stage.max_grad_norm instead"
         )
 
 
-def validate_train(cfg: DictConfig) -> None:
-    """Validate a `train.yaml` composition; raises ConfigError naming the offending key."""
-    if cfg.stage.name not in STAGES:
-        raise ConfigError(f"stage.name={cfg.stage.name!r} is not one of {STAGES}")
-    backbone_config(cfg.model)
-    validate_reasoner(cfg.reasoner)
-    validate_data(cfg)
-    check_path("ckpt_path", cfg.get("ckpt_path"))
-    check_path("init_from", cfg.get("init_from"))
-    if cfg.stage.max_steps <= 0:
-        raise ConfigError(f"stage.max_steps={cfg.stage.max_steps} must be positive")
-    if cfg.stage.batch_size <= 0:
-        raise ConfigError(f"stage.batch_size={cfg.stage.batch_size} must be positive")
-    for key in ("val_every_n_steps", "checkpoint_every_n_steps"):
-        value = cfg.stage.get(key, 1)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"stage.{key}={value} must be a positive integer")
-    validate_trainer(cfg.trainer)
-    if cfg.stage.name == "sft":
-        micro = cfg.stage.get("micro_batch_size")
-        if micro is not None and (micro <= 0 or cfg.stage.batch_size % micro):
-            raise ConfigError(
-                f"stage.micro_batch_size={micro} must be null or a positive divisor of "
-                f"stage.batch_size={cfg.stage.batch_size}"
-            )
-    if cfg.stage.name == "grpo":
-        from lrt.training.grpo import grpo_settings
+def check_renamed(raw: dict[str, Any]) -> None:
+    for old, new in RENAMED.items():
+        group, key = old.split(".", 1)
+        if key in (raw.get(group) or {}):
+            raise ConfigError(f"{old} is now {new}")
 
-        grpo_settings(OmegaConf.to_container(cfg.stage, resolve=True))
-    elif cfg.stage.name == "grpo_cot":
-        from lrt.training.grpo_cot import grpo_cot_settings
 
-        grpo_cot_settings(OmegaConf.to_container(cfg.stage, resolve=True))
-    validate_guard(cfg.guard)
-    if cfg.final_eval.enabled:
-        from lrt.evaluation import parse_mode
+def check_path(key: str, value: str | None) -> None:
+    if value is not None and not Path(value).exists():
+        raise ConfigError(f"{key}={value} does not exist")
 
-        for mode in cfg.final_eval.modes:
-            try:
-                parse_mode(mode)
-            except ConfigError as err:
-                raise ConfigError(f"final_eval.{err}") from None
+
+def validate_train(cfg: DictConfig | dict[str, Any]) -> TrainConfig:
+    """Validate a `train.yaml` composition into typed settings; a ConfigError names the key."""
+    raw = plain(cfg)
+    check_renamed(raw)
+    stage = raw.get("stage") or {}
+    settings = get_stage(str(stage.get("name"))).settings
+    data = typed(DataConfig, raw.get("data"), "data")
+    data.require_training_splits()
+    trainer = dict(raw.get("trainer") or {})
+    check_trainer(trainer)
+    for key in ("ckpt_path", "init_from"):
+        check_path(key, raw.get(key))
+    return TrainConfig(
+        model=typed(BackboneConfig, raw.get("model"), "model"),
+        reasoner=typed(ReasonerConfig, raw.get("reasoner"), "reasoner"),
+        data=data,
+        stage=typed(settings, stage, "stage"),
+        trainer=trainer,
+        logger=raw.get("logger"),
+        paths=dict(raw.get("paths") or {}),
+        guard=typed(GuardConfig, raw.get("guard"), "guard"),
+        final_eval=typed(FinalEvalConfig, raw.get("final_eval"), "final_eval"),
+        seed=int(raw.get("seed", 0)),
+        run_name=raw.get("run_name"),
+        run_dir=raw.get("run_dir"),
+        ckpt_path=raw.get("ckpt_path"),
+        init_from=raw.get("init_from"),
+    )

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from lrt.data.datamodule import shard
+from lrt.data.samplers import shard
 
 T = TypeVar("T")
 

@@ -34,3 +34,11 @@ def reject_unknown_keys(raw: Mapping[str, Any], known: Iterable[str], where: str
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise ConfigError(f"unknown key '{where}.{unknown[0]}'")
+
+
+def one_line(err: BaseException) -> str:
+    """The telling part of an exception's message: torch's run to paragraphs."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return lines[0].split(". ", 1)[0]

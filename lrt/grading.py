@@ -13,8 +13,9 @@ import re
 import threading
 from functools import lru_cache
 
+from lrt.data.parsers import last_boxed
 from lrt.data.records import Record
-from lrt.data.tasks import TASKS, last_boxed
+from lrt.data.tasks import TASKS
 from lrt.errors import ConfigError
 
 _MATH_TIMEOUT_S = 5

@@ -19,11 +19,11 @@ from transformers import DynamicCache
 
 from lrt.backbone import Backbone
 from lrt.data.collate import pad_answers, pad_prompts
+from lrt.decoding import Decoder, Generation, positions
 from lrt.errors import ConfigError
+from lrt.modes import DECODED
 from lrt.reasoner import Reasoner
-from lrt.sampling import RowNoise, sample_tokens
-
-MODES = ("lrt", "nothink", "cot")
+from lrt.sampling import RowNoise
 
 
 @dataclass
@@ -58,20 +58,6 @@ class Prefix:
             return t.repeat_interleave(repeats, dim=0) if repeats > 1 else t
 
         return Prefix(cache, rep(self.mask), rep(self.hidden), rep(self.last_logits), self.opened)
-
-
-@dataclass
-class Generation:
-    """Decoded continuations, one per row."""
-
-    token_ids: list[list[int]]
-    """Every token after the prompt's thinking span (forced tokens of budget forcing included)."""
-    texts: list[str]
-    num_generated: list[int]
-    """Tokens the model produced itself (thinking + answer), the cost that modes are compared on."""
-    mean_logprob: torch.Tensor
-    """Mean log-probability of the answer tokens the model chose: the hybrid mode's confidence."""
-    truncated: list[bool]
 
 
 class LatentLM(nn.Module):
@@ -122,7 +108,7 @@ class LatentLM(nn.Module):
         out = self.base(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=_positions(attention_mask, 0),
+            position_ids=positions(attention_mask, 0),
             past_key_values=DynamicCache(config=self.base.config),
             use_cache=True,
             output_hidden_states=self.reasoner is not None,
@@ -145,6 +131,15 @@ class LatentLM(nn.Module):
         if self.reasoner is None:
             raise ConfigError("mode 'lrt' needs a reasoner; pass reasoner=<folder or checkpoint>")
         return self.reasoner(prefix.hidden, prefix.mask).to(self.base.dtype)
+
+    def span_positions(self, mode: str, opened: bool = False) -> int:
+        """Input positions `mode` puts after the prompt before decoding: the markers it adds and,
+        for `lrt`, the K latents (what the prefill of the thinking span costs)."""
+        opening = 0 if opened else self.open_ids.numel()
+        if mode == "cot":
+            return opening
+        latents = self.reasoner.num_latents if mode == "lrt" and self.reasoner is not None else 0
+        return opening + latents + self.close_ids.numel()
 
     def thinking_embeds(
         self, latents: torch.Tensor | None, batch_size: int, opened: bool = False
@@ -174,7 +169,7 @@ class LatentLM(nn.Module):
         out = self.base(
             inputs_embeds=embeds,
             attention_mask=mask,
-            position_ids=_positions(mask, prefix.mask.shape[1]),
+            position_ids=positions(mask, prefix.mask.shape[1]),
             past_key_values=prefix.cache,
             use_cache=True,
             logits_to_keep=logits_to_keep,
@@ -253,8 +248,8 @@ class LatentLM(nn.Module):
         `all_done` turns this process's "every row has stopped" into the decision of every
         data-parallel rank, so that under FSDP all ranks run the same number of forwards.
         """
-        if mode not in MODES:
-            raise ConfigError(f"mode={mode!r} is not one of {MODES}")
+        if mode not in DECODED:
+            raise ConfigError(f"mode={mode!r} is not one of {DECODED}")
         b = prefix.batch_size
         work = prefix.fork()
         if mode == "lrt":
@@ -273,122 +268,7 @@ class LatentLM(nn.Module):
                 work, embeds, prefix.mask.new_ones(b, embeds.shape[1]), logits_to_keep=1
             )
             logits = out[:, -1].float()
-        decoder = _Decoder(self, b, mode == "cot", budget, max_answer_tokens, force_answer)
+        decoder = Decoder(self, b, mode == "cot", budget, max_answer_tokens, force_answer)
         if temperature > 0 and noise is None:
             noise = RowNoise(0, torch.arange(b, device=self.device))
         return decoder.run(work.cache, mask, logits, temperature, top_p, noise, all_done)
-
-
-class _Decoder:
-    """Token-by-token batched decoding with per-row stopping and budget forcing.
-
-    Written here rather than taken from `generate()` because the span holds latent embeddings,
-    the prompt cache is shared across samples, and cot needs a per-row forced close marker; all
-    rows still advance one token per step (forced tokens are fed like sampled ones).
-    """
-
-    def __init__(
-        self,
-        lm: LatentLM,
-        batch_size: int,
-        thinking: bool,
-        budget: int,
-        max_answer_tokens: int,
-        force_answer: str,
-    ) -> None:
-        self.lm = lm
-        self.b = batch_size
-        self.thinking = [thinking] * batch_size
-        self.budget = budget
-        self.max_answer = max_answer_tokens
-        close = lm.backbone.config.think_close
-        self.close_text = close.strip()
-        self.forced_ids = lm._ids(close + force_answer).tolist()
-        self.tokens: list[list[int]] = [[] for _ in range(batch_size)]
-        self.queue: list[list[int]] = [[] for _ in range(batch_size)]
-        self.n_think = [0] * batch_size
-        self.n_answer = [0] * batch_size
-        self.logp_sum = torch.zeros(batch_size)
-        self.done = [False] * batch_size
-        self.truncated = [False] * batch_size
-
-    def run(
-        self,
-        cache: DynamicCache,
-        mask: torch.Tensor,
-        logits: torch.Tensor,
-        temperature: float,
-        top_p: float,
-        noise: RowNoise | None,
-        all_done: Callable[[bool], bool] | None,
-    ) -> Generation:
-        lm = self.lm
-        max_steps = self.max_answer + (
-            self.budget + len(self.forced_ids) if any(self.thinking) else 0
-        )
-        for t in range(max_steps):
-            u = noise.uniform(t) if noise is not None and temperature > 0 else None
-            sampled = sample_tokens(logits, temperature, top_p, u)
-            logp = torch.log_softmax(logits, dim=-1).gather(-1, sampled[:, None]).squeeze(-1).cpu()
-            next_ids = [self._step(i, int(sampled[i]), float(logp[i])) for i in range(self.b)]
-            done = all(self.done)
-            if all_done(done) if all_done is not None else done:
-                break
-            ids = torch.tensor(next_ids, device=mask.device).unsqueeze(1)
-            mask = torch.cat([mask, mask.new_ones(self.b, 1)], dim=1)
-            out = lm.base(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=_positions(mask, mask.shape[1] - 1),
-                past_key_values=cache,
-                use_cache=True,
-            )
-            logits = out.logits[:, -1].float()
-        for i in range(self.b):
-            if not self.done[i]:
-                self.truncated[i] = True
-        texts = lm.tokenizer.batch_decode(self.tokens, skip_special_tokens=True)
-        # No answer token (EOS at once, or inside the thinking span): no confidence, not 0.0.
-        n_ans = torch.tensor(self.n_answer, dtype=torch.float)
-        n_ans = torch.where(n_ans > 0, n_ans, torch.nan)
-        return Generation(
-            token_ids=self.tokens,
-            texts=texts,
-            num_generated=[t + a for t, a in zip(self.n_think, self.n_answer, strict=True)],
-            mean_logprob=self.logp_sum / n_ans,
-            truncated=self.truncated,
-        )
-
-    def _step(self, i: int, sampled: int, logp: float) -> int:
-        """Advance row `i`; return the token fed to the model next for that row."""
-        if self.done[i]:
-            return self.lm.tokenizer.pad_token_id
-        if self.queue[i]:  # budget forcing: feed the close marker and answer prefix
-            token = self.queue[i].pop(0)
-            self.tokens[i].append(token)
-            return token
-        self.tokens[i].append(sampled)
-        if sampled in self.lm.eos_ids:
-            self.done[i] = True
-            return sampled
-        if self.thinking[i]:
-            self.n_think[i] += 1
-            tail = self.lm.tokenizer.decode(self.tokens[i][-8:])
-            if self.close_text and self.close_text in tail:
-                self.thinking[i] = False
-            elif self.n_think[i] >= self.budget:
-                self.thinking[i] = False
-                self.queue[i] = list(self.forced_ids)
-        else:
-            self.n_answer[i] += 1
-            self.logp_sum[i] += logp
-            if self.n_answer[i] >= self.max_answer:
-                self.done[i] = True
-                self.truncated[i] = True
-        return sampled
-
-
-def _positions(mask: torch.Tensor, start: int) -> torch.Tensor:
-    """Position ids from a left-padded mask, for the columns from `start` on."""
-    pos = mask.long().cumsum(-1) - 1
-    return pos.clamp(min=0)[:, start:]

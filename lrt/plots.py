@@ -35,10 +35,12 @@ def _frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]
 
 
 def pareto_plot(rows: Sequence[Row], path: Path) -> Path:
-    """Accuracy against mean generated tokens: one point per (checkpoint, mode), a panel per task.
+    """Accuracy against cost: one point per (checkpoint, mode), a panel per task.
 
-    The token axis is symlog because `lrt` answers take a few tokens and `cot` hundreds; the
-    dashed line joins the Pareto-optimal points of each panel.
+    The cost is the positions the base processes per question after the prompt (the thinking
+    span's inputs, `lrt`'s K latents included, and every decoded token), so a mode that feeds
+    many latents is not shown as free. Symlog, because `lrt` and `nothink` take a few dozen and
+    `cot` hundreds; the dashed line joins the Pareto-optimal points of each panel.
     """
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     modes = list(dict.fromkeys(r["mode"] for r in rows))
@@ -50,12 +52,14 @@ def pareto_plot(rows: Sequence[Row], path: Path) -> Path:
     fig = Figure(figsize=(5 * len(tasks), 4 + 0.2 * len(tags)), layout="constrained")
     axes: Sequence[Axes] = fig.subplots(1, len(tasks), squeeze=False)[0]
     for ax, task in zip(axes, tasks, strict=True):
-        task_rows = [r for r in rows if r["task"] == task]
+        task_rows = [
+            {**r, "cost": r["mean_positions"] - r["mean_prompt"]} for r in rows if r["task"] == task
+        ]
         for mode in modes:
             pts = [r for r in task_rows if r["mode"] == mode]
             if pts:
                 ax.scatter(
-                    [r["mean_tokens"] for r in pts],
+                    [r["cost"] for r in pts],
                     [r["accuracy"] for r in pts],
                     color=colors[mode],
                     label=mode,
@@ -65,15 +69,15 @@ def pareto_plot(rows: Sequence[Row], path: Path) -> Path:
             if r["checkpoint"] in tags:
                 ax.annotate(
                     tags[r["checkpoint"]],
-                    (r["mean_tokens"], r["accuracy"]),
+                    (r["cost"], r["accuracy"]),
                     fontsize=7,
                     xytext=(3, 3),
                     textcoords="offset points",
                 )
-        front = _frontier([(r["mean_tokens"], r["accuracy"]) for r in task_rows])
+        front = _frontier([(r["cost"], r["accuracy"]) for r in task_rows])
         ax.plot(*zip(*front, strict=True), "--", color="0.6", drawstyle="steps-post", zorder=2)
         ax.set_xscale("symlog", linthresh=1.0)
-        ax.set_xlabel("mean generated tokens per answer")
+        ax.set_xlabel("positions after the prompt per question (span inputs + decoded)")
         ax.set_ylabel("accuracy")
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(task)

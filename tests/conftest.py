@@ -66,14 +66,10 @@ def compose_train() -> Callable[..., DictConfig]:
 
 @pytest.fixture(scope="session")
 def train_script():
-    """`train.py` as a module, so a test can run `train(cfg)` in-process (no interpreter start)."""
-    import importlib.util
+    """`lrt.train`, whose `run(cfg)` is what `train.py` runs (in-process: no interpreter start)."""
+    from lrt import train
 
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return train
 
 
 @pytest.fixture(scope="session")

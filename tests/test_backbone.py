@@ -22,7 +22,7 @@ def test_tiny_random_builds_fast_and_frozen() -> None:
     start = time.perf_counter()
     backbone = load_backbone(backbone_config(OmegaConf.load(CONF / "tiny_random.yaml")))
     assert time.perf_counter() - start < 1.0
-    assert backbone.hidden_size == 64 and backbone.num_layers == 2
+    assert backbone.hidden_size == 64 and backbone.model.config.num_hidden_layers == 2
     assert not any(p.requires_grad for p in backbone.model.parameters())
     assert not backbone.model.training
     assert backbone.tokenizer.decode(backbone.tokenizer("12 + 7").input_ids) == "12 + 7"
@@ -68,7 +68,7 @@ def test_bad_model_config_is_named(kwargs: dict, message: str) -> None:
 
 
 def test_unknown_model_key_is_named() -> None:
-    with pytest.raises(ConfigError, match="unknown model config key 'model.hidden'"):
+    with pytest.raises(ConfigError, match="unknown key 'model.hidden'"):
         backbone_config({"name": "x", "source": "random", "hidden": 3})
 
 

@@ -8,11 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from lrt.data import TASKS, Record, generate_arith, load_task
 from lrt.data.arith import MAX_VALUE
-from lrt.data.tasks import last_boxed, parse_lsat
+from lrt.data.parsers import last_boxed, parse_lsat
 from lrt.errors import ConfigError, DataError
 
 # (task, split, file under the data folder, expected records): the README's row counts.
@@ -371,25 +370,21 @@ def test_competition_lists_load_from_the_shared_data(data_dir: Path) -> None:
 def test_validation_carved_from_train_is_seeded_and_disjoint(data_dir: Path) -> None:
     """`data.val.from_train`: a seeded slice of the whole training split, independent of
     `data.train.limit`, that training never sees."""
-    from lrt.data.datamodule import load_train_val, split_config
+    from lrt.data.loading import load_train_val
+    from lrt.data.settings import DataConfig, SplitConfig
 
-    train = split_config(
-        {"split": "train", "path": str(data_dir / "gsm8k" / "train.jsonl")}, "train"
-    )
-    val = split_config({"from_train": True, "limit": 50, "seed": 1}, "val")
-    kept, held = load_train_val("gsm8k", train, val, "raise", {})
+    def data(limit: int | None = None, seed: int = 1) -> DataConfig:
+        path = str(data_dir / "gsm8k" / "train.jsonl")
+        return DataConfig(
+            task="gsm8k",
+            train=SplitConfig(split="train", path=path, limit=limit),
+            val=SplitConfig(from_train=True, limit=50, seed=seed),
+        )
+
+    kept, held = load_train_val(data())
     assert len(held) == 50 and len(kept) == 7473 - 50
     assert not {r.id for r in held} & {r.id for r in kept}
-    limited = split_config(
-        {**OmegaConf.to_container(OmegaConf.structured(train)), "limit": 100}, "train"
-    )
-    kept_100, held_again = load_train_val("gsm8k", limited, val, "raise", {})
+    kept_100, held_again = load_train_val(data(limit=100))
     assert [r.id for r in held_again] == [r.id for r in held] and len(kept_100) == 100
-    other = load_train_val(
-        "gsm8k",
-        train,
-        split_config({"from_train": True, "limit": 50, "seed": 2}, "val"),
-        "raise",
-        {},
-    )
+    other = load_train_val(data(seed=2))
     assert [r.id for r in other[1]] != [r.id for r in held]

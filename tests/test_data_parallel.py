@@ -16,8 +16,11 @@ import torch
 from omegaconf import OmegaConf
 
 from lrt.backbone import tiny_tokenizer
-from lrt.data.datamodule import LRTDataModule, ShardedEvalSampler, StepBatchSampler, shard
-from lrt.reasoner import Reasoner, build_reasoner
+from lrt.data.datamodule import LRTDataModule
+from lrt.data.samplers import ShardedEvalSampler, StepBatchSampler, shard
+from lrt.data.settings import DataConfig
+from lrt.reasoner import build_reasoner, load_reasoner
+from lrt.schema import typed
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -55,7 +58,7 @@ def test_two_ranks_see_each_question_of_the_global_batch_once() -> None:
     data_cfg.train.limit = 40
 
     def batches(rank: int, world_size: int) -> list[list[tuple[int, int]]]:
-        data = LRTDataModule(data_cfg, tokenizer, None, batch_size=5, seed=3)
+        data = LRTDataModule(typed(DataConfig, data_cfg, "data"), tokenizer, None, 5, seed=3)
         data.setup()
         module = SimpleNamespace(batches_done=lambda: 2, total_batches=lambda: 12)
         data.trainer = SimpleNamespace(
@@ -86,7 +89,7 @@ def test_evaluation_shards_run_the_same_batches_on_every_rank() -> None:
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return Reasoner.from_pretrained(run_dir / "reasoner" / "final").state_dict()
+    return load_reasoner(run_dir / "reasoner" / "final").state_dict()
 
 
 def initial_reasoner(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:

@@ -19,8 +19,9 @@ from lrt.backbone import Backbone, BackboneConfig, load_backbone
 from lrt.data.records import Record
 from lrt.errors import CheckpointError, ConfigError
 from lrt.latent_lm import LatentLM
-from lrt.reasoner import Reasoner, build_reasoner
-from lrt.training.grpo import GRPOConfig, GRPOModule, grpo_settings
+from lrt.reasoner import build_reasoner, load_reasoner
+from lrt.schema import typed
+from lrt.training.grpo import GRPOModule
 from lrt.training.grpo_loss import (
     LOSS_TYPES,
     gaussian_kl,
@@ -30,6 +31,7 @@ from lrt.training.grpo_loss import (
     zero_std_groups,
 )
 from lrt.training.optim import OptimConfig
+from lrt.training.settings import GRPOSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = [
@@ -69,8 +71,12 @@ def make_module(backbone: Backbone, dropout: float = 0.0, **settings) -> GRPOMod
         backbone.hidden_size,
         backbone.embedding_rms(),
     )
-    config = GRPOConfig(**{"num_generations": G, "max_answer_tokens": 6, **settings})
-    return GRPOModule(LatentLM(backbone, reasoner), "arith", OptimConfig(lr=1e-2), config, 10)
+    config = GRPOSettings(
+        **{"num_generations": G, "max_answer_tokens": 6, "optim": OptimConfig(lr=1e-2)},
+        max_steps=10,
+        **settings,
+    )
+    return GRPOModule(LatentLM(backbone, reasoner), "arith", config)
 
 
 def prompts(lm: LatentLM) -> list[str]:
@@ -159,7 +165,7 @@ def test_unknown_loss_type_names_the_key() -> None:
     with pytest.raises(ConfigError, match="stage.loss_type='ppo'"):
         policy_loss(torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2), loss_type="ppo")
     with pytest.raises(ConfigError, match="stage.loss_type"):
-        GRPOConfig(loss_type="ppo")
+        GRPOSettings(loss_type="ppo")
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
@@ -252,7 +258,7 @@ def test_kl_is_zero_at_start_and_matches_closed_form(backbone: Backbone) -> None
 
 
 def test_learned_sigma_is_optimised_and_stays_in_its_clamp(backbone: Backbone) -> None:
-    module = make_module(backbone, learn_sigma=True, sigma_min=0.2, sigma_max=0.4)
+    module = make_module(backbone, learn_sigma=True, sigma_min_scale=0.2, sigma_max_scale=0.4)
     rms = backbone.embedding_rms()
     optimizer = module.configure_optimizers()["optimizer"]
     assert any(p is module.log_sigma for g in optimizer.param_groups for p in g["params"])
@@ -302,7 +308,7 @@ def test_noise_is_a_function_of_step_and_slot(backbone: Backbone) -> None:
 def test_learned_sigma_kl_is_against_the_reference_sigma(backbone: Backbone) -> None:
     """With mu = mu_ref, a sigma grown to twice the reference's still pays the Gaussian KL
     `d/2 (4 - 1 - log 4)` per latent (the equal-variance formula would give 0)."""
-    module = make_module(backbone, beta=0.5, learn_sigma=True, sigma_max=1.0)
+    module = make_module(backbone, beta=0.5, learn_sigma=True, sigma_max_scale=1.0)
     ro = rollout(module)
     with torch.no_grad():
         module.log_sigma.fill_(math.log(2.0))
@@ -313,19 +319,18 @@ def test_learned_sigma_kl_is_against_the_reference_sigma(backbone: Backbone) -> 
 
 def test_invalid_settings_name_their_key(compose_train) -> None:
     with pytest.raises(ConfigError, match="stage.num_generations=1 must be at least 2"):
-        GRPOConfig(num_generations=1)
-    with pytest.raises(ConfigError, match="stage.sigma_min=0.5 must satisfy"):
-        GRPOConfig(learn_sigma=True, sigma_min=0.5)
+        GRPOSettings(num_generations=1)
+    with pytest.raises(ConfigError, match="stage.sigma_min_scale=0.5 must satisfy"):
+        GRPOSettings(learn_sigma=True, sigma_min_scale=0.5)
     with pytest.raises(ConfigError, match="unknown key 'stage.sigma'"):
-        GRPOConfig.from_dict({"sigma": 0.3})
+        typed(GRPOSettings, {"sigma": 0.3}, "stage")
     stage = OmegaConf.to_container(
         compose_train("stage=grpo", "stage.num_iterations=3", "stage.max_steps=100").stage
     )
     with pytest.raises(ConfigError, match="stage.max_steps=100 must be a multiple of stage"):
-        grpo_settings(stage)
-    assert grpo_settings(OmegaConf.to_container(compose_train("stage=grpo").stage)).loss_type == (
-        "grpo"
-    )
+        typed(GRPOSettings, stage, "stage")
+    default = OmegaConf.to_container(compose_train("stage=grpo").stage)
+    assert typed(GRPOSettings, default, "stage").loss_type == "grpo"
 
 
 # --- answer-token exploration (the paper's Algorithm 1) -----------------------------------------
@@ -408,7 +413,8 @@ def test_answer_exploration_equal_rewards_and_kl(backbone: Backbone) -> None:
     with torch.no_grad():
         module.reasoner.f_out.bias.add_(0.05)
     _, stats = module.loss(ro)
-    logp = module._answer_logprobs(ro, module._latents(module.reasoner, ro))
+    z = module._latents(module.reasoner, ro)
+    logp = module.answer_policy.log_prob(ro.prefix, z, ro.answer_ids, ro.answer_mask)
     delta = ro.ref_answer_logp - logp
     k3 = ((delta.exp() - delta - 1) * ro.answer_mask).sum() / ro.answer_mask.sum()
     torch.testing.assert_close(stats["kl"], k3.detach())
@@ -463,15 +469,15 @@ def test_both_exploration_adds_the_latent_and_answer_terms(backbone: Backbone) -
 
 def test_answer_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="stage.exploration='tokens' is not one of"):
-        GRPOConfig(exploration="tokens")
+        GRPOSettings(exploration="tokens")
     with pytest.raises(ConfigError, match=r"stage.temperature=0.0 must be > 0 with stage.exp"):
-        GRPOConfig(exploration="answer")
+        GRPOSettings(exploration="answer")
     with pytest.raises(ConfigError, match="stage.learn_sigma=True needs latent noise"):
-        GRPOConfig(exploration="answer", temperature=1.0, learn_sigma=True)
+        GRPOSettings(exploration="answer", temperature=1.0, learn_sigma=True)
     with pytest.raises(ConfigError, match="stage.batch_size=8 must be a multiple of stage.micro"):
-        grpo_settings(
+        typed(GRPOSettings,
             {"max_steps": 4, "batch_size": 8, "checkpoint_every_n_steps": 2,
-             "val_every_n_steps": 2, "micro_batch_size": 3}
+             "val_every_n_steps": 2, "micro_batch_size": 3}, "stage"
         )  # fmt: skip
 
 
@@ -514,7 +520,7 @@ def test_train_grpo_two_steps(tmp_path: Path) -> None:
     assert ckpt["global_step"] == 2
     assert not any(k.startswith("lm.base.") for k in ckpt["state_dict"]), "base weights saved"
     assert "log_sigma" in ckpt["state_dict"] and ckpt["lrt"]["stage"] == "grpo"
-    final = Reasoner.from_pretrained(run_dir / "reasoner" / "final", "tiny-random-qwen3", 64)
+    final = load_reasoner(run_dir / "reasoner" / "final", "tiny-random-qwen3", 64)
     assert final.num_latents == 4
     rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert {r["step"] for r in rows} == {0, 1} and len(rows) == 8

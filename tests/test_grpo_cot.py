@@ -11,18 +11,15 @@ import torch
 
 from lrt.adapter import META_NAME, adapter_label, find_adapter, merged_backbone, write_meta
 from lrt.backbone import Backbone
+from lrt.baselines.grpo_cot.rewards import kimi_length_terms, reward_functions
+from lrt.baselines.grpo_cot.settings import GRPOCoTSettings, RewardSettings
+from lrt.baselines.grpo_cot.trainer import resume_checkpoint
+from lrt.baselines.grpo_cot.trl_setup import cot_prompt
 from lrt.config import validate_train
 from lrt.data.records import Record
 from lrt.errors import CheckpointError, ConfigError
 from lrt.grading import grade
-from lrt.training.grpo_cot import (
-    RewardSettings,
-    cot_prompt,
-    grpo_cot_settings,
-    kimi_length_terms,
-    resume_checkpoint,
-    reward_functions,
-)
+from lrt.schema import typed
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = [
@@ -128,10 +125,10 @@ def test_bad_stage_settings_fail_before_loading(compose_train, override: str, me
 def test_shipped_settings_translate_to_trl(compose_train, tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
-    from lrt.training.grpo_cot import trl_config
+    from lrt.baselines.grpo_cot.trl_setup import trl_config
 
     cfg = compose_train("experiment=baseline_grpo_cot_deepseek_r1_distill_qwen_1_5b")
-    settings = grpo_cot_settings(OmegaConf.to_container(cfg.stage, resolve=True))
+    settings = typed(GRPOCoTSettings, OmegaConf.to_container(cfg.stage, resolve=True), "stage")
     assert settings.lora.r == 64 and settings.max_completion_length == 4096
     args = trl_config(replace(settings, bf16=False), tmp_path, 0, [], run_name="r")
     # 32 questions x 8 samples per optimiser step, 16 completions per pass.
@@ -190,11 +187,8 @@ def test_adapter_for_another_base_is_refused(tmp_path: Path, tiny_backbone: Back
         find_adapter(tmp_path)
     # The same check guards resuming a run from a TRL checkpoint.
     ckpt = make_adapter(tmp_path / "run" / "checkpoints" / "checkpoint-4", tiny_backbone, "other")
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.create({"ckpt_path": None})
     with pytest.raises(CheckpointError, match="trained for base model 'other'"):
-        resume_checkpoint(cfg, ckpt.parent, "tiny-random-qwen3")
+        resume_checkpoint(None, ckpt.parent, "tiny-random-qwen3")
     # Refusing leaves the checkpoint's metadata as it was.
     assert json.loads((ckpt / META_NAME).read_text())["base_model"] == "other"
 

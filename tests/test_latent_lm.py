@@ -101,7 +101,7 @@ TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
 def test_thinking_span_is_opened_exactly_once(tiny_lm: LatentLM, template: str) -> None:
     """DeepSeek-R1-Distill's published template ends its generation prompt with `<think>\\n`;
     Qwen3's does not. Either way every mode, and the grpo_cot prompt, hold the marker once."""
-    from lrt.training.grpo_cot import cot_prompt
+    from lrt.baselines.grpo_cot.trl_setup import cot_prompt
 
     tokenizer = copy.deepcopy(tiny_lm.tokenizer)
     tokenizer.chat_template = (TEMPLATES / f"{template}.jinja").read_text()

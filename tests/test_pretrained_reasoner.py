@@ -9,8 +9,7 @@ import torch
 
 from lrt.backbone import Backbone
 from lrt.errors import CheckpointError, ConfigError
-from lrt.pretrained_reasoner import PretrainedReasoner
-from lrt.reasoner import Reasoner, ReasonerConfig, build_reasoner
+from lrt.reasoner import PretrainedReasoner, Reasoner, ReasonerConfig, build_reasoner, load_reasoner
 
 LAYOUTS = ("hadamard", "concat")
 
@@ -102,7 +101,7 @@ def test_save_and_load_round_trip_and_base_check(
 ) -> None:
     reasoner = make(tiny_backbone, layout=layout, num_layers=1)
     reasoner.save_pretrained(tmp_path)
-    loaded = Reasoner.from_pretrained(tmp_path, tiny_backbone.name, tiny_backbone.hidden_size)
+    loaded = load_reasoner(tmp_path, tiny_backbone.name, tiny_backbone.hidden_size)
     assert isinstance(loaded, PretrainedReasoner) and loaded.config == reasoner.config
     for (name, a), (_, b) in zip(
         reasoner.state_dict().items(), loaded.state_dict().items(), strict=True
@@ -111,9 +110,9 @@ def test_save_and_load_round_trip_and_base_check(
     h, mask = torch.randn(2, 4, tiny_backbone.hidden_size), torch.ones(2, 4, dtype=torch.long)
     torch.testing.assert_close(loaded.eval()(h, mask), reasoner.eval()(h, mask), rtol=0, atol=0)
     with pytest.raises(CheckpointError, match="trained for base model 'tiny-random-qwen3', not"):
-        Reasoner.from_pretrained(tmp_path, base_model="other", base_hidden_size=64)
+        load_reasoner(tmp_path, base_model="other", hidden_size=64)
     with pytest.raises(CheckpointError, match="trained for a base of hidden size 64, not 576"):
-        Reasoner.from_pretrained(tmp_path, base_hidden_size=576)
+        load_reasoner(tmp_path, hidden_size=576)
 
 
 @pytest.mark.parametrize(
@@ -159,13 +158,13 @@ def test_sft_then_answer_grpo_end_to_end(tmp_path: Path, compose_train, train_sc
         "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1",
     ]
-    sft = train_script.train(
+    sft = train_script.run(
         compose_train(*common, "stage.max_steps=2", f"run_dir={tmp_path / 'sft'}")
     )
-    final = Reasoner.from_pretrained(sft / "reasoner" / "final", "tiny-random-qwen3", 64)
+    final = load_reasoner(sft / "reasoner" / "final", "tiny-random-qwen3", 64)
     assert isinstance(final, PretrainedReasoner) and len(final.body.layers) == 1
 
-    grpo = train_script.train(
+    grpo = train_script.run(
         compose_train(
             *common,
             "stage=grpo",
@@ -185,7 +184,7 @@ def test_sft_then_answer_grpo_end_to_end(tmp_path: Path, compose_train, train_sc
     ckpt = torch.load(grpo / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2
     assert ckpt["lrt"]["reasoner_config"]["body_config"]["num_hidden_layers"] == 1
-    after = Reasoner.from_pretrained(grpo / "reasoner" / "final", "tiny-random-qwen3", 64)
+    after = load_reasoner(grpo / "reasoner" / "final", "tiny-random-qwen3", 64)
     moved = [not torch.equal(a, b) for a, b in zip(
         final.state_dict().values(), after.state_dict().values(), strict=True
     )]  # fmt: skip

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lrt.errors import CheckpointError, ConfigError
-from lrt.reasoner import Reasoner, ReasonerConfig, build_reasoner
+from lrt.reasoner import Reasoner, ReasonerConfig, build_reasoner, load_reasoner
 
 
 def make(k: int = 4, hidden: int = 64, rms: float = 0.5) -> Reasoner:
@@ -39,7 +39,7 @@ def test_save_and_load_round_trip_bit_exact(tmp_path: Path) -> None:
             p.add_(torch.randn_like(p))
     reasoner.save_pretrained(tmp_path)
     assert {f.name for f in tmp_path.iterdir()} == {"config.json", "model.safetensors"}
-    loaded = Reasoner.from_pretrained(tmp_path, base_model="base-a", base_hidden_size=64)
+    loaded = load_reasoner(tmp_path, base_model="base-a", hidden_size=64)
     assert loaded.config == reasoner.config
     for (name, a), (_, b) in zip(
         reasoner.state_dict().items(), loaded.state_dict().items(), strict=True
@@ -50,21 +50,21 @@ def test_save_and_load_round_trip_bit_exact(tmp_path: Path) -> None:
 def test_loading_onto_another_base_is_refused(tmp_path: Path) -> None:
     make().save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="trained for a base of hidden size 64, not 576"):
-        Reasoner.from_pretrained(tmp_path, base_hidden_size=576)
+        load_reasoner(tmp_path, hidden_size=576)
     with pytest.raises(CheckpointError, match="trained for base model 'base-a', not 'base-b'"):
-        Reasoner.from_pretrained(tmp_path, base_model="base-b", base_hidden_size=64)
+        load_reasoner(tmp_path, base_model="base-b", hidden_size=64)
 
 
 def test_corrupted_files_are_named(tmp_path: Path) -> None:
     make().save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointError, match="model.safetensors is not a readable safetensors"):
-        Reasoner.from_pretrained(tmp_path)
+        load_reasoner(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="config.json is not valid JSON"):
-        Reasoner.from_pretrained(tmp_path)
+        load_reasoner(tmp_path)
     with pytest.raises(CheckpointError, match="does not exist: not a reasoner folder"):
-        Reasoner.from_pretrained(tmp_path / "missing")
+        load_reasoner(tmp_path / "missing")
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,6 @@ paying the interpreter start-up again.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import logging
 import math
 import os
@@ -26,19 +25,16 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from lrt.data.datamodule import PromptLimit
+from lrt import train as train_script
+from lrt.data.prompt_limit import PromptLimit
 from lrt.data.prompts import PromptConfig
 from lrt.data.records import Record
 from lrt.errors import CheckpointError, LrtError, NonFiniteLossError
-from lrt.reasoner import Reasoner, build_reasoner
+from lrt.reasoner import build_reasoner, load_reasoner
 from lrt.training.callbacks import AtomicCheckpointIO
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-_spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-assert _spec is not None and _spec.loader is not None
-train_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_script)
 
 TINY = [
     "model=tiny_random",
@@ -153,11 +149,11 @@ def interrupt(overrides: list[str], run_dir: Path, sig: signal.Signals, at_step:
 
 
 def run_in_process(compose: Callable[..., DictConfig], overrides: list[str], run_dir: Path) -> None:
-    train_script.train(compose(f"run_dir={run_dir}", *overrides))
+    train_script.run(compose(f"run_dir={run_dir}", *overrides))
 
 
 def reasoner_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return Reasoner.from_pretrained(run_dir / "reasoner" / "final").state_dict()
+    return load_reasoner(run_dir / "reasoner" / "final").state_dict()
 
 
 def metrics(run_dir: Path) -> list[dict[str, str]]:
@@ -354,7 +350,7 @@ def test_nan_gradient_stops_sft_and_grpo(
     tmp_path: Path, compose_train: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Automatic optimisation (SFT) and GRPO's manual steps are both guarded."""
-    nan_gradient_at(monkeypatch, "new_reasoner", backward=2)
+    nan_gradient_at(monkeypatch, "build_reasoner", backward=2)
     with pytest.raises(NonFiniteLossError, match=r"^a gradient is not finite at step 2; "):
         run_in_process(compose_train, GUARDED, tmp_path / "sft")
 
@@ -411,7 +407,7 @@ def k4_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("k4")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", [*TINY, "stage.max_steps=1", f"run_dir={run}"])
-    train_script.train(cfg)
+    train_script.run(cfg)
     return last_ckpt(run)
 
 
@@ -582,7 +578,7 @@ def test_checkpoint_for_another_base_fails_before_loading(
     compose_train: Callable[..., DictConfig],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(train_script, "backbone_from", lambda cfg: pytest.fail("model loaded"))
+    monkeypatch.setattr(train_script, "load_backbone", lambda cfg: pytest.fail("model loaded"))
     run = [*TINY, f"ckpt_path={k4_checkpoint}", "model.name=another-base"]
     with pytest.raises(CheckpointError) as err:
         run_in_process(compose_train, run, tmp_path)

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf, open_dict
 
 from lrt.config import validate_train
 from lrt.errors import ConfigError
-from lrt.reasoner import Reasoner, ReasonerConfig
+from lrt.reasoner import Reasoner, ReasonerConfig, load_reasoner
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -42,7 +42,7 @@ def test_three_steps_write_checkpoint_and_reasoner(tmp_path: Path) -> None:
     result = run_train(*TINY, "stage.max_steps=3", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    final = Reasoner.from_pretrained(run_dir / "reasoner" / "final", "tiny-random-qwen3", 64)
+    final = load_reasoner(run_dir / "reasoner" / "final", "tiny-random-qwen3", 64)
     assert final.num_latents == 4
     assert (run_dir / "reasoner" / "best" / "model.safetensors").is_file()
     assert "lrt" in (run_dir / "final_eval.md").read_text()
@@ -92,7 +92,7 @@ def test_three_steps_write_checkpoint_and_reasoner(tmp_path: Path) -> None:
             "trainer.accumulate_grad_batches=2 is not supported: set stage.micro_batch_size",
         ),
         ("+trainer.gradient_clip_val=0.5", "set stage.max_grad_norm instead"),
-        ("stage.micro_batch_size=3", "stage.micro_batch_size=3 must be null or a positive divi"),
+        ("stage.micro_batch_size=3", "stage.batch_size=16 must be a multiple of stage.micro_ba"),
     ],
 )
 def test_invalid_values_fail_before_loading(compose_train, override: str, message: str) -> None:
@@ -173,8 +173,8 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     assert run_train(*common, "stage.max_steps=6", f"hydra.run.dir={straight}").returncode == 0
     assert run_train(*common, "stage.max_steps=3", f"hydra.run.dir={resumed}").returncode == 0
     assert run_train(*common, "stage.max_steps=6", f"hydra.run.dir={resumed}").returncode == 0
-    a = Reasoner.from_pretrained(straight / "reasoner" / "final").state_dict()
-    b = Reasoner.from_pretrained(resumed / "reasoner" / "final").state_dict()
+    a = load_reasoner(straight / "reasoner" / "final").state_dict()
+    b = load_reasoner(resumed / "reasoner" / "final").state_dict()
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0)
 

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from lrt.data.parsers import LETTERS
 from lrt.data.records import Record
 from lrt.errors import ConfigError, DataError
+from lrt.schema import typed
 
 TARGETS = ("answer", "solution", "response")
-LETTERS = "ABCDEFGHIJ"
 
 
 @dataclass
@@ -26,6 +27,10 @@ class PromptConfig:
     target: str = "answer"
     """SFT target: the formatted final answer (`answer`), the dataset's solution text before it
     (`solution`), or the dataset's own final response verbatim (`response`, OpenR1-Math)."""
+
+    @classmethod
+    def from_cfg(cls, node: object) -> PromptConfig:
+        return typed(cls, node, "data.prompt")
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:

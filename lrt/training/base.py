@@ -14,6 +14,8 @@ import torch
 from lrt.errors import CheckpointError, NonFiniteLossError
 from lrt.grading import grade
 from lrt.latent_lm import LatentLM
+from lrt.training.optim import configure
+from lrt.training.settings import StageSettings
 
 log = logging.getLogger(__name__)
 
@@ -46,27 +48,23 @@ class StageModule(L.LightningModule):
         self,
         lm: LatentLM,
         task: str,
-        val_max_answer_tokens: int = 16,
-        max_grad_norm: float | None = 1.0,
+        settings: StageSettings,
+        seed: int = 0,
+        skip_nonfinite: int = 0,
     ) -> None:
+        """`seed` keys dropout and GRPO's noise; `skip_nonfinite` is `guard.skip_nonfinite`."""
         super().__init__()
         self.automatic_optimization = False
         self.lm = lm
         self.task = task
-        self.val_max_answer_tokens = val_max_answer_tokens
-        self.max_grad_norm = max_grad_norm
+        self.settings = settings
         self._val_counts = torch.zeros(2, dtype=torch.float64)
         """Correct answers and questions of this rank's validation shard."""
-        self.seed = 0
-        self.skip_nonfinite = 0
+        self.seed = seed
+        self.skip_nonfinite = skip_nonfinite
         """How many batches with a non-finite loss or gradient may be skipped before stopping."""
         self.skipped_nonfinite = 0
         self._step_loss: torch.Tensor | None = None
-
-    def configure_run(self, seed: int, skip_nonfinite: int) -> None:
-        """Settings every stage takes from the run config (`seed`, `guard.skip_nonfinite`)."""
-        self.seed = seed
-        self.skip_nonfinite = skip_nonfinite
 
     def configure_model(self) -> None:
         """Under FSDP (Lightning's ModelParallelStrategy, i.e. PyTorch's FSDP2) shard the frozen
@@ -98,11 +96,18 @@ class StageModule(L.LightningModule):
 
     def batches_done(self) -> int:
         """Training batches consumed so far (restored on resume); picks the next batch."""
-        return self.global_step
+        return self.global_step // self.settings.steps_per_batch
 
     def total_batches(self) -> int:
         """Training batches in the whole run."""
-        return self.trainer.max_steps
+        return self.trainer.max_steps // self.settings.steps_per_batch
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimiser updates: the reasoner (GRPO adds a learned sigma)."""
+        return list(self.reasoner.parameters())
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return configure(self.trainable_parameters(), self.settings.optim, self.settings.max_steps)
 
     # --- distributed helpers -------------------------------------------------------------------
 
@@ -145,9 +150,11 @@ class StageModule(L.LightningModule):
             local = local + total.detach().double()
         step_loss = self.all_sum(local) / count.clamp(min=1)
         self.note_step_loss(step_loss)
-        if self.max_grad_norm is not None:
+        if self.settings.max_grad_norm is not None:
             self.clip_gradients(
-                optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm"
+                optimizer,
+                gradient_clip_val=self.settings.max_grad_norm,
+                gradient_clip_algorithm="norm",
             )
         optimizer.step()
         scheduler.step()
@@ -163,7 +170,10 @@ class StageModule(L.LightningModule):
         the task's grader (padding examples, slot -1, are decoded but not counted)."""
         prefix = self.lm.encode(batch["input_ids"], batch["attention_mask"])
         gen = self.lm.generate(
-            prefix, "lrt", max_answer_tokens=self.val_max_answer_tokens, all_done=self.all_done
+            prefix,
+            "lrt",
+            max_answer_tokens=self.settings.val_max_answer_tokens,
+            all_done=self.all_done,
         )
         records = self.trainer.datamodule.val_records
         for i, slot, text in zip(

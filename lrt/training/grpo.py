@@ -21,6 +21,9 @@ rollouts. `micro_batch_size` splits the B questions into chunks that are rolled 
 back-propagated one at a time, accumulating gradients into one optimiser step (the loss is the
 mean of the chunks' losses, as TRL's gradient accumulation has it).
 
+The two sources of randomness are the policies of `lrt/training/policies.py`; this module
+rolls out, rewards, and steps.
+
 Step counting: `stage.max_steps` counts optimiser steps, which is what Lightning's
 `global_step` counts under manual optimisation and what TRL's `max_steps` means; a run therefore
 draws `max_steps / num_iterations` batches of rollouts.
@@ -32,189 +35,25 @@ import copy
 import json
 import math
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from lrt import sampling
 from lrt.data.collate import pad_token_rows
 from lrt.data.records import Record
-from lrt.errors import CheckpointError, ConfigError, reject_unknown_keys
+from lrt.errors import CheckpointError
 from lrt.grading import extract, grade
-from lrt.latent_lm import Generation, LatentLM, Prefix
-from lrt.sampling import RowNoise
+from lrt.latent_lm import LatentLM, Prefix
 from lrt.training.base import StageModule
-from lrt.training.grpo_loss import (
-    check_loss_type,
-    gaussian_kl,
-    gaussian_logprob,
-    group_advantages,
-    k3_kl,
-    loss_units,
-    policy_loss_sum,
-    zero_std_groups,
-)
-from lrt.training.optim import OptimConfig, configure
-
-STAGE_KEYS = frozenset(
-    {
-        "name",
-        "max_steps",
-        "batch_size",
-        "optim",
-        "val_every_n_steps",
-        "val_max_answer_tokens",
-        "checkpoint_every_n_steps",
-    }
-)
-"""Keys of the `stage` group that train.py reads itself; the rest configure GRPO."""
+from lrt.training.grpo_loss import group_advantages, loss_units, policy_loss_sum, zero_std_groups
+from lrt.training.policies import AnswerTokenPolicy, LatentGaussianPolicy, Terms
+from lrt.training.rollout import Rollout
+from lrt.training.settings import GRPOSettings
 
 SAMPLE_ROWS = 8
-EXPLORATIONS = ("latent", "answer", "both")
-LATENT_STREAM, ANSWER_STREAM = 1, 2
-"""Key-path tags that keep the latent noise and the answer-token uniforms independent."""
-
-
-@dataclass
-class GRPOConfig:
-    """The GRPO-specific keys of `conf/stage/grpo.yaml` (meanings in that file)."""
-
-    exploration: str = "latent"
-    num_generations: int = 8
-    micro_batch_size: int | None = None
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_answer_tokens: int = 8
-    sigma_scale: float = 0.3
-    learn_sigma: bool = False
-    sigma_min: float = 0.05
-    sigma_max: float = 1.0
-    scale_rewards: bool = True
-    loss_type: str = "grpo"
-    epsilon_low: float = 0.2
-    epsilon_high: float = 0.2
-    num_iterations: int = 1
-    beta: float = 0.0
-    format_reward: float = 0.0
-    max_grad_norm: float | None = 1.0
-    log_samples_every_n_steps: int = 10
-
-    def __post_init__(self) -> None:
-        check_loss_type(self.loss_type)
-        if self.exploration not in EXPLORATIONS:
-            raise ConfigError(
-                f"stage.exploration={self.exploration!r} is not one of {EXPLORATIONS}"
-            )
-        checks = [
-            ("num_generations", self.num_generations >= 2, "must be at least 2"),
-            ("temperature", self.temperature >= 0, "must be >= 0 (0 = greedy)"),
-            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
-            ("max_answer_tokens", self.max_answer_tokens >= 1, "must be positive"),
-            ("sigma_scale", self.sigma_scale > 0, "must be positive"),
-            ("epsilon_low", 0 <= self.epsilon_low < 1, "must be in [0, 1)"),
-            ("epsilon_high", self.epsilon_high >= 0, "must be >= 0"),
-            ("num_iterations", self.num_iterations >= 1, "must be at least 1"),
-            ("beta", self.beta >= 0, "must be >= 0"),
-            ("max_grad_norm", self.max_grad_norm is None or self.max_grad_norm > 0,
-             "must be positive or null"),
-            ("log_samples_every_n_steps", self.log_samples_every_n_steps >= 0,
-             "must be >= 0 (0 = never)"),
-            ("micro_batch_size", self.micro_batch_size is None or self.micro_batch_size >= 1,
-             "must be positive or null (null: the whole batch at once)"),
-            ("temperature", self.temperature > 0 or not self.samples_answers,
-             f"must be > 0 with stage.exploration={self.exploration!r}: the answers are sampled"),
-            ("learn_sigma", not self.learn_sigma or self.samples_latents,
-             "needs latent noise: stage.exploration='latent' or 'both'"),
-        ]  # fmt: skip
-        if self.learn_sigma:
-            checks.append(
-                (
-                    "sigma_min",
-                    0 < self.sigma_min <= self.sigma_scale <= self.sigma_max,
-                    f"must satisfy 0 < sigma_min <= sigma_scale={self.sigma_scale} <= "
-                    f"sigma_max={self.sigma_max}",
-                )
-            )
-        for key, ok, why in checks:
-            if not ok:
-                raise ConfigError(f"stage.{key}={getattr(self, key)} {why}")
-
-    @property
-    def samples_latents(self) -> bool:
-        """Whether the latents are Gaussian samples (else they are the reasoner's means)."""
-        return self.exploration in ("latent", "both")
-
-    @property
-    def samples_answers(self) -> bool:
-        """Whether the answers' token log-probs are part of the policy (gradient via the base)."""
-        return self.exploration in ("answer", "both")
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> GRPOConfig:
-        reject_unknown_keys(raw, (f.name for f in fields(cls)), "stage")
-        return cls(**raw)
-
-
-def grpo_settings(stage: Mapping[str, Any]) -> GRPOConfig:
-    """The GRPO settings of a `stage` config, checked; needs no model, so it can run first."""
-    settings = GRPOConfig.from_dict({k: v for k, v in stage.items() if k not in STAGE_KEYS})
-    # Each batch advances global_step by num_iterations; Lightning stops, checkpoints and
-    # validates on batch boundaries, so these step counts must fall on them.
-    for key in ("max_steps", "checkpoint_every_n_steps", "val_every_n_steps"):
-        if stage[key] % settings.num_iterations:
-            raise ConfigError(
-                f"stage.{key}={stage[key]} must be a multiple of "
-                f"stage.num_iterations={settings.num_iterations}"
-            )
-    micro = settings.micro_batch_size
-    if micro is not None and stage["batch_size"] % micro:
-        raise ConfigError(
-            f"stage.batch_size={stage['batch_size']} must be a multiple of "
-            f"stage.micro_batch_size={micro}"
-        )
-    return settings
-
-
-@dataclass
-class Rollout:
-    """One chunk of questions with their sampled latents and answers and the rewards; no grad."""
-
-    prefix: Prefix
-    """The B encoded prompts; later passes rerun only the reasoner on `prefix.hidden`."""
-    latents: torch.Tensor
-    """Z the answers were decoded from, [B*G, K, d] float32, a question's G samples consecutive
-    (the reasoner's means when the latents are not sampled)."""
-    noise: torch.Tensor | None
-    """eps with `Z = mu + sigma * eps`, [B*G, K, d] (None when the latents are not sampled)."""
-    old_latent_logp: torch.Tensor | None
-    """log N(Z; mu, sigma^2) per latent vector under the sampling policy, [B*G, K]."""
-    answer_ids: torch.Tensor | None
-    """The sampled answers' tokens (EOS included when reached), right-padded, [B*G, m]."""
-    answer_mask: torch.Tensor | None
-    old_answer_logp: torch.Tensor | None
-    """Per answer token log-prob under the sampling policy, [B*G, m]; None with one iteration,
-    where the current policy is the sampling one (TRL's shortcut: the ratio is 1)."""
-    ref_answer_logp: torch.Tensor | None
-    """Per answer token log-prob under the reference reasoner (for the k3 KL), or None."""
-    rewards: torch.Tensor
-    correct: torch.Tensor
-    advantages: torch.Tensor
-    mask: torch.Tensor
-    """Which policy tokens count, [B*G, T]: the K latents (when sampled), then the answer
-    tokens (when sampled); what the loss type averages over."""
-    zero_std: torch.Tensor
-    """Groups whose rewards are all equal, [B]: they carry no learning signal."""
-    real: torch.Tensor
-    """Which samples are real, [B*G]: a rank's padding question (slot -1) carries no loss."""
-    generation: Generation
-    records: list[Record]
-    """One per sample (each question's record repeated G times)."""
 
 
 class GRPOModule(StageModule):
@@ -222,44 +61,28 @@ class GRPOModule(StageModule):
 
     stage_name = "grpo"
 
-    def __init__(
-        self,
-        lm: LatentLM,
-        task: str,
-        optim: OptimConfig,
-        settings: GRPOConfig,
-        max_steps: int,
-        seed: int = 0,
-        val_max_answer_tokens: int = 16,
-    ) -> None:
-        super().__init__(lm, task, val_max_answer_tokens, settings.max_grad_norm)
-        self.optim = optim
-        self.settings = settings
-        self.max_steps = max_steps
-        self.embed_rms = lm.backbone.embedding_rms()
-        self.sigma_init = settings.sigma_scale * self.embed_rms
+    def __init__(self, lm: LatentLM, task: str, settings: GRPOSettings, **run: int) -> None:
+        super().__init__(lm, task, settings, **run)
+        self.settings: GRPOSettings = settings
+        seed = self.seed
+        self.sigma_init = settings.sigma_scale * lm.backbone.embedding_rms()
         # log(sigma / sigma_init): weight decay then pulls sigma back to its start, not to 1.
         self.log_sigma = nn.Parameter(torch.zeros(())) if settings.learn_sigma else None
         # Only the reasoner is copied (the base is shared); its weights go into checkpoints so a
         # resumed run keeps the KL anchored to the starting point, not to the resumed weights.
-        # It follows the module's train/eval mode, like the policy it is compared with.
         self.ref_reasoner = (
             copy.deepcopy(self.reasoner).requires_grad_(False) if settings.beta > 0 else None
         )
-        self.seed = seed
-
-    @classmethod
-    def from_config(cls, lm: LatentLM, cfg: DictConfig, optim: OptimConfig) -> GRPOModule:
-        """Build from the composed train config (`cfg.stage` is `conf/stage/grpo.yaml`)."""
-        stage = OmegaConf.to_container(cfg.stage, resolve=True)
-        return cls(
-            lm,
-            cfg.data.task,
-            optim,
-            grpo_settings(stage),
-            max_steps=stage["max_steps"],
-            seed=cfg.seed,
-            val_max_answer_tokens=stage["val_max_answer_tokens"],
+        g = settings.num_generations
+        self.latent_policy = (
+            LatentGaussianPolicy(self.sigma, self.sigma_init, seed, g)
+            if settings.samples_latents
+            else None
+        )
+        self.answer_policy = (
+            AnswerTokenPolicy(lm, settings.temperature, seed, g)
+            if settings.samples_answers
+            else None
         )
 
     def train(self, mode: bool = True) -> GRPOModule:
@@ -272,13 +95,18 @@ class GRPOModule(StageModule):
             self.ref_reasoner.eval()
         return self
 
-    # --- the policy --------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        extra = [self.log_sigma] if self.log_sigma is not None else []
+        return [*self.reasoner.parameters(), *extra]
+
+    # --- sigma -------------------------------------------------------------------------------
 
     def _log_sigma_bounds(self) -> tuple[float, float]:
-        """log(sigma_min / sigma_scale), log(sigma_max / sigma_scale), rounded inwards to float32
-        so that the clamped float32 parameter never lies outside the configured range."""
+        """log(sigma_min_scale / sigma_scale) and log(sigma_max_scale / sigma_scale), rounded
+        inwards to float32 so that the clamped float32 parameter never leaves the range."""
         s = self.settings
-        lo, hi = math.log(s.sigma_min / s.sigma_scale), math.log(s.sigma_max / s.sigma_scale)
+        lo = math.log(s.sigma_min_scale / s.sigma_scale)
+        hi = math.log(s.sigma_max_scale / s.sigma_scale)
         lo32, hi32 = torch.tensor(lo), torch.tensor(hi)
         if float(lo32) < lo:
             lo32 = lo32.nextafter(torch.tensor(math.inf))
@@ -304,24 +132,6 @@ class GRPOModule(StageModule):
 
     # --- rollouts ----------------------------------------------------------------------------
 
-    def latent_noise(self, step: int, slots: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-        """eps for each question's G samples, [B*G, K, d], a function of (seed, step, slot):
-        the same whichever rank or micro-batch rolls the question out, and after a resume."""
-        device = self.lm.device
-        return torch.cat(
-            [
-                sampling.gaussian(sampling.key(self.seed, LATENT_STREAM, step, slot), shape, device)
-                for slot in slots.tolist()
-            ]
-        )
-
-    def answer_noise(self, step: int, slots: torch.Tensor) -> RowNoise:
-        """Uniforms for sampled answer tokens, keyed by (slot, sample) like the latent noise."""
-        g = self.settings.num_generations
-        rows = slots.to(self.lm.device).long().repeat_interleave(g) * g
-        rows = rows + torch.arange(g, device=rows.device).repeat(len(slots))
-        return RowNoise(sampling.key(self.seed, ANSWER_STREAM, step), rows)
-
     @torch.no_grad()
     def rollout(
         self,
@@ -342,13 +152,10 @@ class GRPOModule(StageModule):
         slots = torch.arange(len(records)) if slots is None else slots
         prefix = self.lm.encode(input_ids, attention_mask)
         mu = self._means(self.reasoner, prefix).repeat_interleave(g, dim=0)
-        noise = old_latent_logp = None
-        z = mu
-        if s.samples_latents:
-            sigma = self.sigma().detach()
-            noise = self.latent_noise(step, slots, (g, *mu.shape[1:]))
-            z = mu + sigma * noise
-            old_latent_logp = gaussian_logprob(z, mu, sigma)
+        z, noise, old_latent_logp = mu, None, None
+        if self.latent_policy is not None:
+            z, noise, old_latent_logp = self.latent_policy.sample(mu, step, slots)
+        answers = self.answer_policy
         gen = self.lm.generate(
             prefix.fork(g),
             "lrt",
@@ -356,7 +163,7 @@ class GRPOModule(StageModule):
             max_answer_tokens=s.max_answer_tokens,
             temperature=s.temperature,
             top_p=s.top_p,
-            noise=self.answer_noise(step, slots) if s.samples_answers else None,
+            noise=answers.noise(step, slots) if answers is not None else None,
             all_done=self.all_done if self._trainer is not None else None,
         )
         rows = [r for r in records for _ in range(g)]
@@ -367,6 +174,7 @@ class GRPOModule(StageModule):
         if s.format_reward:
             answered = torch.tensor([extract(self.task, t) is not None for t in gen.texts])
             rewards = rewards + s.format_reward * answered.float()
+        real = (slots >= 0).repeat_interleave(g).to(mu.device)
         rollout = Rollout(
             prefix=prefix,
             latents=z,
@@ -378,25 +186,23 @@ class GRPOModule(StageModule):
             ref_answer_logp=None,
             rewards=rewards,
             correct=correct,
-            advantages=group_advantages(rewards, g, s.scale_rewards).to(mu.device),
+            advantages=group_advantages(rewards, g, s.scale_rewards).to(mu.device) * real,
             zero_std=zero_std_groups(rewards, g),
-            real=(slots >= 0).repeat_interleave(g).to(mu.device),
-            mask=mu.new_ones(len(rows), self.reasoner.num_latents if s.samples_latents else 0),
+            real=real,
+            mask=mu.new_ones(len(rows), self.reasoner.num_latents if noise is not None else 0),
             generation=gen,
             records=rows,
         )
-        if s.samples_answers:
+        if answers is not None:
             ids, mask = pad_token_rows(gen.token_ids, self.lm.tokenizer.pad_token_id)
             rollout.answer_ids, rollout.answer_mask = ids.to(mu.device), mask.to(mu.device)
             rollout.mask = torch.cat([rollout.mask, rollout.answer_mask.to(mu.dtype)], dim=1)
             if s.num_iterations > 1:
-                rollout.old_answer_logp = self._answer_logprobs(rollout, z)
+                rollout.old_answer_logp = answers.log_prob(prefix, z, ids, rollout.answer_mask)
             if self.ref_reasoner is not None:
-                rollout.ref_answer_logp = self._answer_logprobs(
-                    rollout, self._latents(self.ref_reasoner, rollout)
-                )
-        rollout.mask = rollout.mask * rollout.real.unsqueeze(1)
-        rollout.advantages = rollout.advantages * rollout.real
+                z_ref = self._latents(self.ref_reasoner, rollout)
+                rollout.ref_answer_logp = answers.log_prob(prefix, z_ref, ids, rollout.answer_mask)
+        rollout.mask = rollout.mask * real.unsqueeze(1)
         return rollout
 
     # --- the objective -----------------------------------------------------------------------
@@ -410,56 +216,48 @@ class GRPOModule(StageModule):
             z = z + self.sigma() * rollout.noise
         return z
 
-    def _answer_logprobs(self, rollout: Rollout, z: torch.Tensor) -> torch.Tensor:
-        """Per-token log p(answer | prompt, Z) of the sampled answers at the sampling
-        temperature, [B*G, m]; differentiable through the frozen base into Z."""
-        assert rollout.answer_ids is not None and rollout.answer_mask is not None
-        return self.lm.answer_logprobs(
-            rollout.prefix.fork(self.settings.num_generations),
-            z.to(self.lm.base.dtype),
-            rollout.answer_ids,
-            rollout.answer_mask,
-            temperature=self.settings.temperature,
-        )
-
-    def loss_sum(self, rollout: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Numerator of the clipped-ratio loss of the current policy on `rollout` (plus `beta`
-        times the KL), to be divided by `loss_units` summed over chunks and ranks.
-
-        The tokens are the K latent vectors (latent term), the answer tokens (answer term), or
-        both side by side; the loss type aggregates over all of them.
-        """
-        s = self.settings
-        g = s.num_generations
-        logps, olds, kls = [], [], []
-        stats: dict[str, torch.Tensor] = {}
-        if s.samples_latents:
+    def policy_terms(self, rollout: Rollout) -> list[Terms]:
+        """Each active policy's tokens under the current reasoner (with gradient)."""
+        terms = []
+        if self.latent_policy is not None:
             assert rollout.old_latent_logp is not None
             mu = self._means(self.reasoner, rollout.prefix)
-            sigma = self.sigma()
-            logp = gaussian_logprob(rollout.latents, mu.repeat_interleave(g, dim=0), sigma)
-            logps.append(logp)
-            olds.append(rollout.old_latent_logp)
+            mu_ref = None
             if self.ref_reasoner is not None:
                 with torch.no_grad():
                     mu_ref = self._means(self.ref_reasoner, rollout.prefix)
-                sigma_ref = torch.tensor(self.sigma_init, device=mu.device)
-                kls.append(gaussian_kl(mu, sigma, mu_ref, sigma_ref).repeat_interleave(g, dim=0))
-        if s.samples_answers:
-            assert rollout.answer_mask is not None
-            logp = self._answer_logprobs(rollout, self._latents(self.reasoner, rollout))
-            logps.append(logp)
-            old = rollout.old_answer_logp
-            olds.append(logp.detach() if old is None else old)
-            if rollout.ref_answer_logp is not None:
-                kls.append(k3_kl(logp, rollout.ref_answer_logp) * rollout.answer_mask)
+            terms.append(
+                self.latent_policy.terms(rollout.latents, rollout.old_latent_logp, mu, mu_ref)
+            )
+        if self.answer_policy is not None:
+            assert rollout.answer_ids is not None and rollout.answer_mask is not None
+            logp = self.answer_policy.log_prob(
+                rollout.prefix,
+                self._latents(self.reasoner, rollout),
+                rollout.answer_ids,
+                rollout.answer_mask,
+            )
+            terms.append(
+                self.answer_policy.terms(
+                    logp, rollout.old_answer_logp, rollout.ref_answer_logp, rollout.answer_mask
+                )
+            )
+        return terms
+
+    def loss_sum(self, rollout: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Numerator of the clipped-ratio loss of the current policy on `rollout` (plus `beta`
+        times the KL), to be divided by `loss_units` summed over chunks and ranks."""
+        s = self.settings
+        terms = self.policy_terms(rollout)
         mask = rollout.mask
+        kls = [t.kl for t in terms if t.kl is not None]
         kl = torch.cat(kls, dim=1) if kls else None
+        stats: dict[str, torch.Tensor] = {}
         if kl is not None:
             stats["kl"] = ((kl.detach() * mask).sum() / mask.sum().clamp(min=1)).detach()
         total, stats["clip_frac"] = policy_loss_sum(
-            torch.cat(logps, dim=1),
-            torch.cat(olds, dim=1),
+            torch.cat([t.logp for t in terms], dim=1),
+            torch.cat([t.old_logp for t in terms], dim=1),
             rollout.advantages,
             loss_type=s.loss_type,
             epsilon_low=s.epsilon_low,
@@ -482,13 +280,6 @@ class GRPOModule(StageModule):
         """The loss on one rollout alone: `loss_sum / loss_units`."""
         total, stats = self.loss_sum(rollout)
         return total / self.loss_units(rollout).clamp(min=1).to(total.device), stats
-
-    def batches_done(self) -> int:
-        """Each batch of rollouts takes `num_iterations` optimiser steps."""
-        return self.global_step // self.settings.num_iterations
-
-    def total_batches(self) -> int:
-        return self.trainer.max_steps // self.settings.num_iterations
 
     def _chunks(self, batch: dict[str, torch.Tensor]) -> list[slice]:
         """Question slices of `micro_batch_size` (one slice: the whole batch)."""
@@ -575,14 +366,6 @@ class GRPOModule(StageModule):
             with path.open("a") as f:
                 for row in rows:
                     f.write(json.dumps(dict(zip(columns, row, strict=True))) + "\n")
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        params = list(self.reasoner.parameters())
-        if self.log_sigma is not None:
-            params.append(self.log_sigma)
-        return configure(params, self.optim, self.max_steps)
-
-    # --- checkpoints -------------------------------------------------------------------------
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Checkpoints from before the noise was keyed by step held a generator state instead.

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from lrt.errors import ConfigError, reject_unknown_keys
+from lrt.errors import ConfigError
 
 
 @dataclass
@@ -28,14 +28,11 @@ class OptimConfig:
             raise ConfigError(f"stage.optim.lr={self.lr} must be positive")
         if self.eps <= 0:
             raise ConfigError(f"stage.optim.eps={self.eps} must be positive")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"stage.optim.warmup_steps={self.warmup_steps} must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"stage.optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> OptimConfig:
-        reject_unknown_keys(raw, cls.__dataclass_fields__, "stage.optim")
-        return cls(**raw)
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import torch
 
 from lrt.latent_lm import LatentLM
 from lrt.training.base import StageModule
-from lrt.training.optim import OptimConfig, configure
+from lrt.training.settings import SFTSettings
 
 Batch = dict[str, torch.Tensor]
 
@@ -21,20 +20,8 @@ class SFTModule(StageModule):
     whatever the number of ranks and `micro_batch_size` (questions per forward/backward pass).
     """
 
-    def __init__(
-        self,
-        lm: LatentLM,
-        task: str,
-        optim: OptimConfig,
-        max_steps: int,
-        val_max_answer_tokens: int = 16,
-        micro_batch_size: int | None = None,
-        max_grad_norm: float | None = 1.0,
-    ) -> None:
-        super().__init__(lm, task, val_max_answer_tokens, max_grad_norm)
-        self.optim = optim
-        self.max_steps = max_steps
-        self.micro_batch_size = micro_batch_size
+    def __init__(self, lm: LatentLM, task: str, settings: SFTSettings, **run: int) -> None:
+        super().__init__(lm, task, settings, **run)
         self._val_nll = torch.zeros(2, dtype=torch.float64)
 
     def answer_nll(self, batch: Batch) -> torch.Tensor:
@@ -52,7 +39,7 @@ class SFTModule(StageModule):
         counted = (batch["slot"] >= 0).unsqueeze(1)  # padding rows of a rank's slice: no loss
         batch = {**batch, "answer_mask": batch["answer_mask"] * counted}
         b = batch["input_ids"].shape[0]
-        size = self.micro_batch_size or b
+        size = self.settings.micro_batch_size or b
         chunks = [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, b, size)]
         tokens = self.all_sum(batch["answer_mask"].sum())
         loss = self.optimizer_step_on(chunks, self.answer_nll, tokens)
@@ -77,6 +64,3 @@ class SFTModule(StageModule):
         if tokens:
             self.log("val/loss", nll / tokens, sync_dist=True)  # equal on every rank already
         super().on_validation_epoch_end()
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        return configure(self.reasoner.parameters(), self.optim, self.max_steps)

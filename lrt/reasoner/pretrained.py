@@ -27,7 +27,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from lrt.errors import ConfigError
-from lrt.reasoner import Reasoner, ReasonerConfig, RMSNorm
+from lrt.reasoner.base import Reasoner, ReasonerConfig, RMSNorm
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +138,13 @@ class PretrainedReasoner(Reasoner):
         return list(self.body.layers)
 
     @classmethod
-    def initialise(
+    def create(
         cls, config: ReasonerConfig, base: PreTrainedModel | None = None
     ) -> PretrainedReasoner:
-        """A new reasoner whose body holds `config.init_from`'s pretrained weights."""
+        """A new reasoner whose body holds `config.init_from`'s pretrained weights, or, for a
+        config that records its `body_config` (a saved reasoner), the bare body to load into."""
+        if config.body_config is not None:
+            return cls(config)
         assert config.init_from is not None
         body = load_body(config.init_from, base)
         embedding = body.get_input_embeddings()

@@ -1,0 +1,1 @@
+"""Methods LRT is compared with, in the same harness (same backbone, tasks, graders, tables)."""

@@ -1,0 +1,148 @@
+"""Token-by-token batched decoding after the thinking span, with budget forcing for `cot`.
+
+Written here rather than taken from `generate()` because the span holds latent embeddings,
+the prompt cache is shared across samples, and `cot` needs a per-row forced close marker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import DynamicCache
+
+from lrt.sampling import RowNoise, sample_tokens
+
+if TYPE_CHECKING:
+    from lrt.latent_lm import LatentLM
+
+
+@dataclass
+class Generation:
+    """Decoded continuations, one per row."""
+
+    token_ids: list[list[int]]
+    """Every token after the prompt's thinking span (forced tokens of budget forcing included)."""
+    texts: list[str]
+    num_generated: list[int]
+    """Tokens the model produced itself (thinking + answer), the cost that modes are compared on."""
+    mean_logprob: torch.Tensor
+    """Mean log-probability of the answer tokens the model chose: the hybrid mode's confidence."""
+    truncated: list[bool]
+
+
+class Decoder:
+    """Token-by-token batched decoding with per-row stopping and budget forcing.
+
+    Written here rather than taken from `generate()` because the span holds latent embeddings,
+    the prompt cache is shared across samples, and cot needs a per-row forced close marker; all
+    rows still advance one token per step (forced tokens are fed like sampled ones).
+    """
+
+    def __init__(
+        self,
+        lm: LatentLM,
+        batch_size: int,
+        thinking: bool,
+        budget: int,
+        max_answer_tokens: int,
+        force_answer: str,
+    ) -> None:
+        self.lm = lm
+        self.b = batch_size
+        self.thinking = [thinking] * batch_size
+        self.budget = budget
+        self.max_answer = max_answer_tokens
+        close = lm.backbone.config.think_close
+        self.close_text = close.strip()
+        self.forced_ids = lm._ids(close + force_answer).tolist()
+        self.tokens: list[list[int]] = [[] for _ in range(batch_size)]
+        self.queue: list[list[int]] = [[] for _ in range(batch_size)]
+        self.n_think = [0] * batch_size
+        self.n_answer = [0] * batch_size
+        self.logp_sum = torch.zeros(batch_size)
+        self.done = [False] * batch_size
+        self.truncated = [False] * batch_size
+
+    def run(
+        self,
+        cache: DynamicCache,
+        mask: torch.Tensor,
+        logits: torch.Tensor,
+        temperature: float,
+        top_p: float,
+        noise: RowNoise | None,
+        all_done: Callable[[bool], bool] | None,
+    ) -> Generation:
+        lm = self.lm
+        max_steps = self.max_answer + (
+            self.budget + len(self.forced_ids) if any(self.thinking) else 0
+        )
+        for t in range(max_steps):
+            u = noise.uniform(t) if noise is not None and temperature > 0 else None
+            sampled = sample_tokens(logits, temperature, top_p, u)
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, sampled[:, None]).squeeze(-1).cpu()
+            next_ids = [self._step(i, int(sampled[i]), float(logp[i])) for i in range(self.b)]
+            done = all(self.done)
+            if all_done(done) if all_done is not None else done:
+                break
+            ids = torch.tensor(next_ids, device=mask.device).unsqueeze(1)
+            mask = torch.cat([mask, mask.new_ones(self.b, 1)], dim=1)
+            out = lm.base(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions(mask, mask.shape[1] - 1),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1].float()
+        for i in range(self.b):
+            if not self.done[i]:
+                self.truncated[i] = True
+        texts = lm.tokenizer.batch_decode(self.tokens, skip_special_tokens=True)
+        # No answer token (EOS at once, or inside the thinking span): no confidence, not 0.0.
+        n_ans = torch.tensor(self.n_answer, dtype=torch.float)
+        n_ans = torch.where(n_ans > 0, n_ans, torch.nan)
+        return Generation(
+            token_ids=self.tokens,
+            texts=texts,
+            num_generated=[t + a for t, a in zip(self.n_think, self.n_answer, strict=True)],
+            mean_logprob=self.logp_sum / n_ans,
+            truncated=self.truncated,
+        )
+
+    def _step(self, i: int, sampled: int, logp: float) -> int:
+        """Advance row `i`; return the token fed to the model next for that row."""
+        if self.done[i]:
+            return self.lm.tokenizer.pad_token_id
+        if self.queue[i]:  # budget forcing: feed the close marker and answer prefix
+            token = self.queue[i].pop(0)
+            self.tokens[i].append(token)
+            return token
+        self.tokens[i].append(sampled)
+        if sampled in self.lm.eos_ids:
+            self.done[i] = True
+            return sampled
+        if self.thinking[i]:
+            self.n_think[i] += 1
+            tail = self.lm.tokenizer.decode(self.tokens[i][-8:])
+            if self.close_text and self.close_text in tail:
+                self.thinking[i] = False
+            elif self.n_think[i] >= self.budget:
+                self.thinking[i] = False
+                self.queue[i] = list(self.forced_ids)
+        else:
+            self.n_answer[i] += 1
+            self.logp_sum[i] += logp
+            if self.n_answer[i] >= self.max_answer:
+                self.done[i] = True
+                self.truncated[i] = True
+        return sampled
+
+
+def positions(mask: torch.Tensor, start: int) -> torch.Tensor:
+    """Position ids from a left-padded mask, for the columns from `start` on."""
+    pos = mask.long().cumsum(-1) - 1
+    return pos.clamp(min=0)[:, start:]

@@ -1,0 +1,239 @@
+"""Decode and grade records in one inference mode, batched: the rows of `predictions.jsonl`.
+
+`predict` runs one (base, reasoner) pair over records in one mode (`lrt/modes.py`) and grades
+every answer with the task's grader; `mode_rows` is the short held-out table a training stage
+prints when it ends, decoded in shards under data parallelism.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+
+from lrt import sampling
+from lrt.data.prompts import PromptConfig, format_prompt
+from lrt.data.records import Record
+from lrt.decoding import Generation
+from lrt.distributed import gather_objects, padded_shard, world
+from lrt.errors import ConfigError
+from lrt.evaluation.metrics import accuracy, mean_tokens
+from lrt.grading import extract, grade
+from lrt.latent_lm import LatentLM, Prefix
+from lrt.modes import DecodeConfig, parse_mode
+from lrt.sampling import RowNoise
+
+
+@dataclass
+class Prediction:
+    """One graded answer: a row of `predictions.jsonl`."""
+
+    id: str
+    mode: str
+    text: str
+    extracted: str | None
+    correct: bool
+    tokens: int
+    """Tokens the model generated itself for this answer (hybrid: lrt and cot together)."""
+    positions: int
+    """Every position the base processed for it: the prompt, the thinking span's inputs (the K
+    latents of `lrt` included) and every decoded token; the prefill cost `tokens` leaves out."""
+    after_prompt: int
+    """`positions` less the prompt's: what the mode itself adds to the question's cost."""
+    batch_time_s: float
+    """Wall time of the batch it was decoded in (prompt encode included): its latency."""
+    time_per_question_s: float
+    """`batch_time_s` over the batch's questions: the amortised cost at this batch size."""
+    truncated: bool
+    confidence: float
+    """Mean log-prob of the answer tokens (hybrid: of the `lrt` answer, the gate's input)."""
+    sample: int = 0
+    route: str | None = None
+    """`hybrid` only: `lrt` when the gate kept the latent answer, else `cot`."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Answer:
+    """One decoded row before grading."""
+
+    text: str
+    tokens: int
+    after_prompt: int
+    """Positions after the prompt: thinking-span inputs plus every token fed back."""
+    truncated: bool
+    confidence: float
+    route: str | None = None
+
+
+def _answers(gen: Generation, span: int, route: str | None = None) -> list[_Answer]:
+    return [
+        _Answer(text, n, span + len(ids), trunc, float(conf), route)
+        for text, n, ids, trunc, conf in zip(
+            gen.texts,
+            gen.num_generated,
+            gen.token_ids,
+            gen.truncated,
+            gen.mean_logprob,
+            strict=True,
+        )
+    ]
+
+
+def select_rows(prefix: Prefix, rows: Sequence[int]) -> Prefix:
+    """A prefix holding only `rows` (its own cache copy), so hybrid re-uses the prompt encode."""
+    index = torch.tensor(rows, device=prefix.mask.device)
+    cache = copy.deepcopy(prefix.cache)
+    cache.batch_select_indices(index)
+    return Prefix(
+        cache, prefix.mask[index], prefix.hidden[index], prefix.last_logits[index], prefix.opened
+    )
+
+
+def decode(
+    lm: LatentLM,
+    prefix: Prefix,
+    mode: str,
+    settings: DecodeConfig,
+    noise: RowNoise,
+    all_done: Callable[[bool], bool] | None = None,
+) -> list[_Answer]:
+    """Generate every row of `prefix` in `mode`; hybrid gates `lrt` answers into `cot`."""
+
+    def run(p: Prefix, m: str, rows: RowNoise, route: str | None = None) -> list[_Answer]:
+        gen = lm.generate(
+            p,
+            m,
+            max_answer_tokens=settings.max_answer_tokens,
+            budget=settings.budget,
+            force_answer=settings.force_answer,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            noise=rows,
+            all_done=all_done,
+        )
+        return _answers(gen, lm.span_positions(m, p.opened), route)
+
+    if mode != "hybrid":
+        return run(prefix, mode, noise)
+    answers = run(prefix, "lrt", noise, route="lrt")
+    # Written as "not >=" so a NaN confidence (no answer tokens to score) also goes to cot.
+    low = [i for i, a in enumerate(answers) if not a.confidence >= settings.hybrid_threshold]
+    if low:
+        redone = run(select_rows(prefix, low), "cot", noise.select(torch.tensor(low)), "cot")
+        for i, again in zip(low, redone, strict=True):
+            # The latent attempt was paid for too, so its cost counts; the gate's input stays.
+            first = answers[i]
+            answers[i] = replace(
+                again,
+                tokens=first.tokens + again.tokens,
+                after_prompt=first.after_prompt + again.after_prompt,
+                confidence=first.confidence,
+            )
+    return answers
+
+
+def predict(
+    lm: LatentLM,
+    task: str,
+    records: Sequence[Record],
+    prompt: PromptConfig,
+    mode: str,
+    settings: DecodeConfig,
+    batch_size: int = 16,
+    seed: int = 0,
+    on_batch: Callable[[list[Prediction]], None] | None = None,
+    samples: int = 1,
+    all_done: Callable[[bool], bool] | None = None,
+) -> list[Prediction]:
+    """Decode and grade `records` in `mode` (a label such as `cot@256`), batched.
+
+    With `samples` > 1 every question is answered that many times from one prompt encode (the
+    cache is repeated, not recomputed); set `settings.temperature` > 0 or the samples coincide.
+    A sample's randomness is a function of (seed, question position, sample number) alone,
+    so it does not depend on the batch size or on what ran before.
+    """
+    base_mode, budget = parse_mode(mode)
+    if budget is not None:
+        settings = replace(settings, budget=budget)
+    if samples < 1:
+        raise ConfigError(f"samples={samples} must be at least 1")
+    system = lm.backbone.config.system_prompt
+    stream = sampling.key(seed)
+    out: list[Prediction] = []
+    for start in range(0, len(records), batch_size):
+        batch = records[start : start + batch_size]
+        t0 = time.perf_counter()
+        prompts = [format_prompt(lm.tokenizer, r, prompt, system) for r in batch]
+        prefix = lm.encode(*lm.tokenize_prompts(prompts))
+        prompt_lengths = prefix.mask.sum(1).repeat_interleave(samples).tolist()
+        if samples > 1:
+            prefix = prefix.fork(samples)
+        rows = torch.arange(start * samples, (start + len(batch)) * samples, device=lm.device)
+        answers = decode(lm, prefix, base_mode, settings, RowNoise(stream, rows), all_done)
+        batch_time = time.perf_counter() - t0
+        keys = [(r, s) for r in batch for s in range(samples)]
+        preds = [
+            Prediction(
+                id=r.id,
+                mode=mode,
+                text=a.text,
+                extracted=extract(task, a.text),
+                correct=grade(task, a.text, r),
+                tokens=a.tokens,
+                positions=int(n_prompt) + a.after_prompt,
+                after_prompt=a.after_prompt,
+                batch_time_s=batch_time,
+                time_per_question_s=batch_time / len(batch),
+                truncated=a.truncated,
+                confidence=a.confidence,
+                sample=s,
+                route=a.route,
+            )
+            for (r, s), a, n_prompt in zip(keys, answers, prompt_lengths, strict=True)
+        ]
+        out.extend(preds)
+        if on_batch is not None:
+            on_batch(preds)
+    return out
+
+
+def mode_rows(
+    lm: LatentLM,
+    task: str,
+    records: Sequence[Record],
+    prompt: PromptConfig,
+    modes: Sequence[str],
+    settings: DecodeConfig,
+    batch_size: int,
+    seed: int,
+    all_done: Callable[[bool], bool] | None = None,
+) -> list[dict[str, Any]]:
+    """`mode`, `questions`, `accuracy` and `mean_tokens` of each mode on the same records: the
+    held-out table a training stage prints when it ends.
+
+    Under data parallelism every rank decodes its own shard of the records (padded so that
+    all ranks run the same batches, with `all_done` keeping their decoding in step) and the
+    predictions are gathered, so every rank returns the table of the whole set.
+    """
+    rank, size = world()
+    mine, real = padded_shard(records, rank, size)
+    rows = []
+    for mode in modes:
+        preds = predict(lm, task, mine, prompt, mode, settings, batch_size, seed, all_done=all_done)
+        preds = [p for part in gather_objects(preds[:real]) for p in part]
+        rows.append(
+            {
+                "mode": mode,
+                "questions": len(preds),
+                "accuracy": accuracy(preds),
+                "mean_tokens": mean_tokens(preds),
+            }
+        )
+    return rows

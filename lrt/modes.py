@@ -1,0 +1,89 @@
+"""Inference modes: names, labels (`cot@256`), what each needs, and the decoding settings.
+
+Every mode answers the same question prompt with the same grader (DESIGN.md sections 1 and 5);
+they differ only in what happens between the prompt and the answer:
+
+- `lrt`: the reasoner's K latents inside the thinking span, then the answer;
+- `nothink`: an empty thinking span, then the answer;
+- `cot`: explicit thinking for up to a token budget, then the answer (budget forcing);
+- `hybrid`: `lrt`, and `cot` for the questions whose `lrt` answer is not confident.
+
+A mode label may carry a budget (`cot@256`), so each budget is its own row of a results table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from lrt.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    needs_reasoner: bool
+    """Evaluated once per reasoner; the others depend on the base alone (checkpoint `base`)."""
+    budgeted: bool
+    """Has an explicit thinking span, hence a token budget (`label@N`)."""
+
+
+MODES: dict[str, Mode] = {
+    m.name: m
+    for m in (
+        Mode("lrt", needs_reasoner=True, budgeted=False),
+        Mode("nothink", needs_reasoner=False, budgeted=False),
+        Mode("cot", needs_reasoner=False, budgeted=True),
+        Mode("hybrid", needs_reasoner=True, budgeted=True),
+    )
+}
+DECODED = ("lrt", "nothink", "cot")
+"""Modes `LatentLM.generate` decodes in one pass; the others are compositions of these."""
+
+
+@dataclass
+class DecodeConfig:
+    """Decoding settings shared by every mode."""
+
+    max_answer_tokens: int = 32
+    budget: int = 256
+    force_answer: str = "The answer is"
+    temperature: float = 0.0
+    top_p: float = 1.0
+    hybrid_threshold: float = -0.5
+    """`hybrid` re-does with `cot` the questions whose `lrt` answer has a mean token log-prob
+    below this (-0.5: a geometric-mean token probability of about 0.6)."""
+
+
+def parse_mode(label: str) -> tuple[str, int | None]:
+    """`'cot@256'` -> `('cot', 256)`; `'lrt'` -> `('lrt', None)`; unknown modes are refused."""
+    name, _, budget = label.partition("@")
+    if name not in MODES:
+        raise ConfigError(f"modes: unknown mode {label!r}; known modes: {', '.join(MODES)}")
+    if not budget:
+        return name, None
+    if not MODES[name].budgeted or not budget.isdigit() or int(budget) <= 0:
+        budgeted = " and ".join(m.name for m in MODES.values() if m.budgeted)
+        raise ConfigError(
+            f"modes: {label!r} is invalid; only {budgeted} take a positive budget after '@'"
+        )
+    return name, int(budget)
+
+
+def needs_reasoner(label: str) -> bool:
+    return MODES[parse_mode(label)[0]].needs_reasoner
+
+
+def mode_labels(modes: Iterable[str], budgets: Sequence[int]) -> list[str]:
+    """Expand budgeted modes given without a budget into one label per budget
+    (`cot` -> `cot@256`, `cot@512`)."""
+    labels: list[str] = []
+    for label in modes:
+        name, budget = parse_mode(label)
+        if MODES[name].budgeted and budget is None:
+            if not budgets:
+                raise ConfigError(f"cot_budgets must list at least one budget for mode {name!r}")
+            labels += [f"{name}@{b}" for b in budgets]
+        else:
+            labels.append(label)
+    return labels

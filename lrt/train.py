@@ -1,0 +1,279 @@
+"""The library side of `train.py`: validate, pick the stage, build, fit, report.
+
+`run(cfg)` turns a `train.yaml` composition into typed settings (one call, before any model
+loads), makes the run folder, and hands it to the stage's runner (`lrt.stages`). The reasoner
+stages share `train_reasoner`: frozen backbone, reasoner, DataModule, the stage's
+LightningModule, a Lightning Trainer with checkpoints every `checkpoint_every_n_steps`, the
+reasoner exported to `<run>/reasoner/{best,final}` and a held-out table at the end.
+
+A run killed at any point and resumed with `python train.py resume=<run folder>` (or the same
+`run_name=`) continues from its last checkpoint and ends as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
+
+from lrt.backbone import Backbone, load_backbone
+from lrt.checkpoint import check_base_model, read_checkpoint
+from lrt.config import TrainConfig, validate_train
+from lrt.data.datamodule import LRTDataModule
+from lrt.data.loading import load_limited_split
+from lrt.errors import ConfigError
+from lrt.evaluation.predict import mode_rows
+from lrt.latent_lm import LatentLM
+from lrt.loggers import build_loggers
+from lrt.modes import DecodeConfig
+from lrt.reasoner import Reasoner, build_reasoner, load_reasoner
+from lrt.report import print_table
+from lrt.stages import get_stage
+from lrt.training.base import StageModule
+from lrt.training.callbacks import (
+    AtomicCheckpointIO,
+    KeepMetricsOnResume,
+    PeriodicCheckpoint,
+    RankConsistencyCheck,
+    ReasonerExport,
+    StopOnSignal,
+)
+
+log = logging.getLogger("lrt.train")
+
+
+class Stopped(Exception):
+    """Training stopped by SIGTERM or Ctrl+C after writing its checkpoint."""
+
+    def __init__(self, signum: signal.Signals, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in `run_dir` (see `resume_argv`)."""
+    return f"python train.py resume={run_dir}"
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """`resume=<run folder>` on the command line: the run's own overrides (its
+    `.hydra/overrides.yaml`), then any others given now, in that run folder.
+
+    Re-composing from the saved overrides, rather than loading the saved config, keeps the
+    run's `.hydra` record and the resumed run's composition identical; later overrides win, so
+    `resume=<run> stage.max_steps=400` trains on for longer.
+    """
+    given = [a for a in argv if a.startswith("resume=")]
+    if not given:
+        return argv
+    if "-m" in argv or "--multirun" in argv:
+        sys.exit("error: resume= continues one run; resume each job of a sweep by its folder")
+    run_dir = Path(given[-1].split("=", 1)[1]).expanduser()
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        sys.exit(f"error: resume={run_dir}: {saved} does not exist, so it is not a train.py run")
+    overrides: dict[str, str] = {}
+    for item in [*map(str, OmegaConf.load(saved)), *(a for a in argv if a not in given)]:
+        overrides[item.split("=", 1)[0].lstrip("+~")] = item
+    overrides.pop("run_name", None)
+    return [*overrides.values(), f"run_name={run_dir.name}", f"hydra.run.dir={run_dir}"]
+
+
+def check_run_dir(run_dir: Path, min_free_gb: float) -> None:
+    """A run folder that cannot take a checkpoint fails now, not at the first save hours later."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir):
+            pass
+    except OSError as err:
+        raise ConfigError(f"run folder {run_dir} is not writable: {err.strerror}") from err
+    free_gb = shutil.disk_usage(run_dir).free / 2**30
+    if free_gb < min_free_gb:
+        raise ConfigError(
+            f"run folder {run_dir} has {free_gb:.2f} GiB free, less than "
+            f"guard.min_free_gb={min_free_gb}"
+        )
+
+
+def run(cfg: DictConfig) -> Path:
+    """Run one training job from its composed config; returns its run folder."""
+    config = validate_train(cfg)
+    if config.run_dir is None:
+        config.run_dir = HydraConfig.get().runtime.output_dir
+    run_dir = Path(config.run_dir)
+    check_run_dir(run_dir, config.guard.min_free_gb)
+    hyperparams = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        return get_stage(config.stage.name).run(config, run_dir, hyperparams)
+    except Exception as err:
+        if not isinstance(err, Stopped | ConfigError):
+            err.run_dir = run_dir  # the entry point prints the command that resumes it
+        raise
+
+
+# --- the reasoner stages -------------------------------------------------------------------
+
+
+def resume_path(config: TrainConfig, ckpt_dir: Path) -> str | None:
+    """`ckpt_path`, else the run folder's `last.ckpt`, checked before the model loads: readable,
+    and for this base (the rest is checked as Lightning loads it)."""
+    last = ckpt_dir / "last.ckpt"
+    path = config.ckpt_path or (str(last) if last.exists() else None)
+    if path:
+        trained_for = read_checkpoint(path)["lrt"]["base_model"]
+        check_base_model(trained_for, config.model.name, f"{path}: checkpoint")
+    return path
+
+
+def starting_reasoner(config: TrainConfig, backbone: Backbone) -> Reasoner:
+    """The reasoner a run starts from: `init_from` (a folder or checkpoint), else a new one."""
+    if config.init_from:
+        return load_reasoner(config.init_from, backbone.name, backbone.hidden_size)
+    return build_reasoner(
+        config.reasoner,
+        backbone.name,
+        backbone.hidden_size,
+        backbone.embedding_rms(),
+        base=backbone.model,
+        base_config=asdict(backbone.config),
+    )
+
+
+def prompt_budget(config: TrainConfig, lm: LatentLM) -> int | None:
+    """Prompt tokens the model's context leaves after the thinking span and the longest answer
+    this run decodes (None when the model states no context length)."""
+    context = getattr(lm.base.config, "max_position_embeddings", None)
+    if context is None:
+        return None
+    span = lm.span_positions("lrt")
+    final = config.final_eval
+    answer = max(
+        config.stage.val_max_answer_tokens,
+        getattr(config.stage, "max_answer_tokens", 0),
+        final.max_answer_tokens if final.enabled else 0,
+    )
+    if context - span - answer < 1:
+        raise ConfigError(
+            f"the model's context of {context} tokens cannot hold the {span}-token thinking "
+            f"span and {answer} answer tokens (reasoner.num_latents, *max_answer_tokens)"
+        )
+    return context - span - answer
+
+
+def trainer_arguments(config: TrainConfig) -> dict:
+    """Trainer kwargs from `conf/trainer`, with `strategy: fsdp` as FSDP2 (see strategies.py)."""
+    # The DataModule's batch sampler splits every global batch across ranks itself.
+    kwargs = {**config.trainer, "use_distributed_sampler": False}
+    if kwargs.get("strategy") == "fsdp":
+        from lrt.training.strategies import ShardedDataParallel
+
+        kwargs["strategy"] = ShardedDataParallel()
+    return kwargs
+
+
+def final_comparison(
+    config: TrainConfig, module: StageModule, data: LRTDataModule, run_dir: Path, zero: bool
+) -> list[dict]:
+    """Accuracy and tokens of each mode on the same held-out questions: every rank decodes its
+    shard (FSDP's forwards are collectives), rank 0 prints and writes the gathered table."""
+    lm = module.lm
+    prompt, system = config.data.prompt, lm.backbone.config.system_prompt
+    records = load_limited_split(
+        config.data, "test", data.prompt_limit, lm.tokenizer, prompt, system
+    )
+    final = config.final_eval
+    rows = mode_rows(
+        lm,
+        config.data.task,
+        records,
+        prompt,
+        final.modes,
+        DecodeConfig(max_answer_tokens=final.max_answer_tokens),
+        final.batch_size,
+        config.seed,
+        all_done=module.all_done,
+    )
+    if zero:
+        assert config.data.test is not None
+        title = f"held-out {config.data.task} ({config.data.test.split})"
+        print_table(title, rows, path=run_dir / "final_eval.md")
+    return rows
+
+
+def train_reasoner(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Path:
+    """Train a reasoner with the stage's LightningModule (SFT, GRPO)."""
+    ckpt_dir = run_dir / "checkpoints"
+    resume = resume_path(config, ckpt_dir)
+    L.seed_everything(config.seed, workers=True)
+    backbone = load_backbone(config.model)
+    lm = LatentLM(backbone, starting_reasoner(config, backbone))
+    data = LRTDataModule(
+        config.data,
+        backbone.tokenizer,
+        backbone.config.system_prompt,
+        config.stage.batch_size,
+        seed=config.seed,
+        prompt_budget=prompt_budget(config, lm),
+    )
+    module_class = get_stage(config.stage.name).lightning_module
+    module = module_class(
+        lm,
+        config.data.task,
+        config.stage,
+        seed=config.seed,
+        skip_nonfinite=config.guard.skip_nonfinite,
+    )
+    stopper = StopOnSignal(ckpt_dir / "last.ckpt")
+    loggers = build_loggers(config.logger, str(run_dir))
+    # ReasonerExport before PeriodicCheckpoint: a checkpoint after validation holds its "best".
+    callbacks = [
+        ReasonerExport(run_dir / "reasoner"),
+        PeriodicCheckpoint(ckpt_dir / "last.ckpt", config.stage.checkpoint_every_n_steps),
+        RankConsistencyCheck(),
+        stopper,
+        KeepMetricsOnResume(loggers),
+    ]
+    # After KeepMetricsOnResume has read metrics.csv: the CSV logger's first write replaces it.
+    for logger in loggers:  # the resolved config travels with the run (wandb, hparams.yaml)
+        logger.log_hyperparams(hyperparams)
+    trainer = L.Trainer(
+        max_steps=config.stage.max_steps,
+        # Lightning counts validation intervals in batches; GRPO takes num_iterations steps each.
+        val_check_interval=config.stage.val_every_n_steps // config.stage.steps_per_batch,
+        check_val_every_n_epoch=None,
+        logger=loggers,
+        callbacks=callbacks,
+        enable_checkpointing=False,  # PeriodicCheckpoint writes them
+        default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO()],
+        **trainer_arguments(config),
+    )
+    if resume:
+        log.info("resuming from %s", resume)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+    except SIGTERMException:
+        assert stopper.received is not None
+        raise Stopped(
+            stopper.received,
+            f"{stopper.received.name} at step {trainer.global_step}: {stopper.checkpoint} "
+            f"written; resume with: {resume_command(run_dir)}",
+        ) from None
+    if stopper.received is not None and config.final_eval.enabled:  # came in the last batch
+        raise Stopped(
+            stopper.received,
+            f"{stopper.received.name} after the last step; for the final evaluation run: "
+            f"{resume_command(run_dir)}",
+        )
+    if config.final_eval.enabled:
+        final_comparison(config, module, data, run_dir, trainer.is_global_zero)
+    return run_dir

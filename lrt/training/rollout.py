@@ -1,0 +1,47 @@
+"""A batch of GRPO rollouts: what was sampled, how it was rewarded, what the loss needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lrt.data.records import Record
+from lrt.decoding import Generation
+from lrt.latent_lm import Prefix
+
+
+@dataclass
+class Rollout:
+    """One chunk of questions with their sampled latents and answers and the rewards; no grad."""
+
+    prefix: Prefix
+    """The B encoded prompts; later passes rerun only the reasoner on `prefix.hidden`."""
+    latents: torch.Tensor
+    """Z the answers were decoded from, [B*G, K, d] float32, a question's G samples consecutive
+    (the reasoner's means when the latents are not sampled)."""
+    noise: torch.Tensor | None
+    """eps with `Z = mu + sigma * eps`, [B*G, K, d] (None when the latents are not sampled)."""
+    old_latent_logp: torch.Tensor | None
+    """log N(Z; mu, sigma^2) per latent vector under the sampling policy, [B*G, K]."""
+    answer_ids: torch.Tensor | None
+    """The sampled answers' tokens (EOS included when reached), right-padded, [B*G, m]."""
+    answer_mask: torch.Tensor | None
+    old_answer_logp: torch.Tensor | None
+    """Per answer token log-prob under the sampling policy, [B*G, m]; None with one iteration,
+    where the current policy is the sampling one (TRL's shortcut: the ratio is 1)."""
+    ref_answer_logp: torch.Tensor | None
+    """Per answer token log-prob under the reference reasoner (for the k3 KL), or None."""
+    rewards: torch.Tensor
+    correct: torch.Tensor
+    advantages: torch.Tensor
+    mask: torch.Tensor
+    """Which policy tokens count, [B*G, T]: the K latents (when sampled), then the answer
+    tokens (when sampled); what the loss type averages over."""
+    zero_std: torch.Tensor
+    """Groups whose rewards are all equal, [B]: they carry no learning signal."""
+    real: torch.Tensor
+    """Which samples are real, [B*G]: a rank's padding question (slot -1) carries no loss."""
+    generation: Generation
+    records: list[Record]
+    """One per sample (each question's record repeated G times)."""

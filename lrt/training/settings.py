@@ -1,0 +1,171 @@
+"""The `stage` config group as typed settings: what every stage shares, SFT's and GRPO's own.
+
+Each field is documented once, here; `conf/stage/*.yaml` give the defaults a run starts from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lrt.errors import ConfigError
+from lrt.training.grpo_loss import check_loss_type
+from lrt.training.optim import OptimConfig
+
+EXPLORATIONS = ("latent", "answer", "both")
+
+
+def _positive(value: int | float | None) -> bool:
+    return value is not None and not isinstance(value, bool) and value > 0
+
+
+@dataclass
+class StageSettings:
+    """Keys every reasoner-training stage has."""
+
+    name: str = "sft"
+    max_steps: int = 150
+    """Optimiser steps (Lightning's `global_step`, TRL's meaning)."""
+    batch_size: int = 16
+    """The global batch, in questions: split across data-parallel ranks (DESIGN.md section 6)."""
+    micro_batch_size: int | None = None
+    """Questions per forward/backward pass on a rank (null: its whole slice); the chunks'
+    gradients accumulate into one optimiser step."""
+    max_grad_norm: float | None = 1.0
+    """Gradient-norm clipping (null: none)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    val_every_n_steps: int = 50
+    val_max_answer_tokens: int = 16
+    checkpoint_every_n_steps: int = 50
+
+    def __post_init__(self) -> None:
+        for key in ("max_steps", "batch_size"):
+            if not _positive(getattr(self, key)):
+                raise ConfigError(f"stage.{key}={getattr(self, key)} must be positive")
+        for key in ("val_every_n_steps", "checkpoint_every_n_steps"):
+            value = getattr(self, key)
+            if not _positive(value):
+                raise ConfigError(f"stage.{key}={value} must be a positive integer")
+        if not _positive(self.val_max_answer_tokens):
+            raise ConfigError(
+                f"stage.val_max_answer_tokens={self.val_max_answer_tokens} must be positive"
+            )
+        micro = self.micro_batch_size
+        if micro is not None and not _positive(micro):
+            raise ConfigError(f"stage.micro_batch_size={micro} must be a positive integer or null")
+        if micro is not None and self.batch_size % micro:
+            raise ConfigError(
+                f"stage.batch_size={self.batch_size} must be a multiple of "
+                f"stage.micro_batch_size={micro}"
+            )
+        if self.max_grad_norm is not None and not _positive(self.max_grad_norm):
+            raise ConfigError(f"stage.max_grad_norm={self.max_grad_norm} must be positive or null")
+
+    @property
+    def steps_per_batch(self) -> int:
+        """Optimiser steps taken on each batch (GRPO's `num_iterations`)."""
+        return 1
+
+
+@dataclass
+class SFTSettings(StageSettings):
+    """`stage=sft`: answer likelihood given the latents (DESIGN.md section 1)."""
+
+
+@dataclass
+class GRPOSettings(StageSettings):
+    """`stage=grpo` (DESIGN.md sections 1, 4 and 7; `conf/stage/grpo.yaml` says which method
+    each option comes from)."""
+
+    name: str = "grpo"
+    max_steps: int = 200
+    batch_size: int = 8
+    exploration: str = "latent"
+    """`latent`: Gaussian noise on Z, greedy answers, no backward through the base. `answer`:
+    the paper's: Z = mu, sampled answers, their log-probs back-propagated through the base into
+    Z. `both`: Gaussian Z and sampled answers; the log-prob is the sum of the two terms."""
+    num_generations: int = 8
+    """G samples per question."""
+    temperature: float = 0.0
+    """Answer decoding: 0 is greedy; must be > 0 for `answer` and `both`."""
+    top_p: float = 1.0
+    max_answer_tokens: int = 8
+    sigma_scale: float = 0.3
+    """sigma as a ratio of the base's mean token-embedding RMS (`latent`, `both`)."""
+    learn_sigma: bool = False
+    """Learn log(sigma), clamped to [sigma_min_scale, sigma_max_scale] x the embedding RMS."""
+    sigma_min_scale: float = 0.05
+    sigma_max_scale: float = 1.0
+    scale_rewards: bool = True
+    """Divide advantages by the group's std; false is Dr. GRPO."""
+    loss_type: str = "grpo"
+    """TRL's normalisations: `grpo`, `bnpo`, `dr_grpo` (over latent and answer tokens)."""
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.2
+    """The ratio is clipped to [1 - epsilon_low, 1 + epsilon_high]."""
+    num_iterations: int = 1
+    """Optimiser steps on each batch of rollouts (1: plain REINFORCE with a group baseline)."""
+    beta: float = 0.0
+    """Weight of the KL to the starting reasoner (0: no reference pass)."""
+    format_reward: float = 0.0
+    """Bonus when the grader finds an answer in the text at all."""
+    log_samples_every_n_steps: int = 10
+    """(question, answer, reward) rows: a wandb Table or `samples.jsonl`; 0 is off."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_loss_type(self.loss_type)
+        if self.exploration not in EXPLORATIONS:
+            raise ConfigError(
+                f"stage.exploration={self.exploration!r} is not one of {EXPLORATIONS}"
+            )
+        checks = [
+            ("num_generations", self.num_generations >= 2, "must be at least 2"),
+            ("temperature", self.temperature >= 0, "must be >= 0 (0 = greedy)"),
+            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("max_answer_tokens", self.max_answer_tokens >= 1, "must be positive"),
+            ("sigma_scale", self.sigma_scale > 0, "must be positive"),
+            ("epsilon_low", 0 <= self.epsilon_low < 1, "must be in [0, 1)"),
+            ("epsilon_high", self.epsilon_high >= 0, "must be >= 0"),
+            ("num_iterations", self.num_iterations >= 1, "must be at least 1"),
+            ("beta", self.beta >= 0, "must be >= 0"),
+            ("log_samples_every_n_steps", self.log_samples_every_n_steps >= 0,
+             "must be >= 0 (0 = never)"),
+            ("temperature", self.temperature > 0 or not self.samples_answers,
+             f"must be > 0 with stage.exploration={self.exploration!r}: the answers are sampled"),
+            ("learn_sigma", not self.learn_sigma or self.samples_latents,
+             "needs latent noise: stage.exploration='latent' or 'both'"),
+        ]  # fmt: skip
+        if self.learn_sigma:
+            checks.append(
+                (
+                    "sigma_min_scale",
+                    0 < self.sigma_min_scale <= self.sigma_scale <= self.sigma_max_scale,
+                    f"must satisfy 0 < sigma_min_scale <= sigma_scale={self.sigma_scale} <= "
+                    f"sigma_max_scale={self.sigma_max_scale}",
+                )
+            )
+        for key, ok, why in checks:
+            if not ok:
+                raise ConfigError(f"stage.{key}={getattr(self, key)} {why}")
+        # Each batch advances global_step by num_iterations; Lightning stops, checkpoints and
+        # validates on batch boundaries, so these step counts must fall on them.
+        for key in ("max_steps", "checkpoint_every_n_steps", "val_every_n_steps"):
+            if getattr(self, key) % self.num_iterations:
+                raise ConfigError(
+                    f"stage.{key}={getattr(self, key)} must be a multiple of "
+                    f"stage.num_iterations={self.num_iterations}"
+                )
+
+    @property
+    def steps_per_batch(self) -> int:
+        return self.num_iterations
+
+    @property
+    def samples_latents(self) -> bool:
+        """Whether the latents are Gaussian samples (else they are the reasoner's means)."""
+        return self.exploration in ("latent", "both")
+
+    @property
+    def samples_answers(self) -> bool:
+        """Whether the answers' token log-probs are part of the policy (gradient via the base)."""
+        return self.exploration in ("answer", "both")
