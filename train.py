@@ -15,7 +15,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig
 
 from lrt.errors import LrtError
-from lrt.train import Stopped, resume_argv, resume_command, run
+from lrt.train import Stopped, refuse_renamed, resume_argv, resume_command, run
 
 log = logging.getLogger("lrt.train")
 
@@ -44,5 +44,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_renamed(sys.argv[1:])
     sys.argv = [sys.argv[0], *resume_argv(sys.argv[1:])]
     main()

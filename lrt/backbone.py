@@ -56,7 +56,15 @@ class BackboneConfig:
     think_open: str = "<think>\n"
     think_close: str = "\n</think>\n\n"
     system_prompt: str | None = None
-    """System message; set it for templates that otherwise insert a long default one."""
+    """System message of `lrt` (and the training prompts); set it for templates that otherwise
+    insert a long default one, which every latent pass would pay for."""
+    baseline_system_prompt: str | None = None
+    """System message of the baselines (`direct`, `nothink`, `cot`): null keeps the model's
+    own default, so a baseline is measured at its usual prompt (DESIGN.md section 5)."""
+    nothink_prefill: str | None = None
+    """Text inside `nothink`'s empty thinking span: Ma et al.'s NoThinking prefill
+    ("Okay, I think I have finished thinking.") for models with a thinking mode; null
+    leaves the span empty (models without one, whose markers are plain text)."""
     random_config: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
 

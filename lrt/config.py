@@ -25,6 +25,8 @@ from lrt.stages import get_stage
 RENAMED = {
     "stage.sigma_min": "stage.sigma_min_scale",
     "stage.sigma_max": "stage.sigma_max_scale",
+    "stage.val_max_answer_tokens": "data.max_answer_tokens",
+    "final_eval.max_answer_tokens": "data.max_answer_tokens",
 }
 """Keys that were renamed, so an old command line is told the new name."""
 
@@ -52,9 +54,9 @@ class FinalEvalConfig:
     """The held-out comparison printed at the end of training (on `data.test`)."""
 
     enabled: bool = True
-    modes: list[str] = field(default_factory=lambda: ["lrt", "nothink"])
+    modes: list[str] = field(default_factory=lambda: ["lrt", "direct", "nothink"])
+    """Decoded at `data.max_answer_tokens`; `cot@N` rows think for N tokens first."""
     batch_size: int = 32
-    max_answer_tokens: int = 16
 
     def __post_init__(self) -> None:
         for mode in self.modes:
@@ -62,9 +64,8 @@ class FinalEvalConfig:
                 parse_mode(mode)
             except ConfigError as err:
                 raise ConfigError(f"final_eval.{err}") from None
-        for key in ("batch_size", "max_answer_tokens"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"final_eval.{key}={getattr(self, key)} must be positive")
+        if self.batch_size <= 0:
+            raise ConfigError(f"final_eval.batch_size={self.batch_size} must be positive")
 
 
 @dataclass

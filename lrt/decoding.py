@@ -6,6 +6,7 @@ the prompt cache is shared across samples, and `cot` needs a per-row forced clos
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -31,6 +32,9 @@ class Generation:
     mean_logprob: torch.Tensor
     """Mean log-probability of the answer tokens the model chose: the hybrid mode's confidence."""
     truncated: list[bool]
+    first_token_at: float = 0.0
+    """`time.perf_counter()` when the first token of every row was known (time to first token
+    is this minus when the question arrived)."""
 
 
 class Decoder:
@@ -80,16 +84,26 @@ class Decoder:
         max_steps = self.max_answer + (
             self.budget + len(self.forced_ids) if any(self.thinking) else 0
         )
+        # The mask grows by one column per step: allocated once, read through a growing view.
+        start = mask.shape[1]
+        full = torch.cat([mask, mask.new_ones(self.b, max_steps)], dim=1)
+        first_token_at = 0.0
         for t in range(max_steps):
             u = noise.uniform(t) if noise is not None and temperature > 0 else None
             sampled = sample_tokens(logits, temperature, top_p, u)
-            logp = torch.log_softmax(logits, dim=-1).gather(-1, sampled[:, None]).squeeze(-1).cpu()
-            next_ids = [self._step(i, int(sampled[i]), float(logp[i])) for i in range(self.b)]
+            # log p of the chosen token without a full log-softmax: its logit minus logsumexp.
+            chosen = logits.gather(-1, sampled[:, None]).squeeze(-1) - logits.logsumexp(-1)
+            # One transfer to the host per step: the tokens and their log-probs together.
+            host = torch.stack([sampled.to(chosen.dtype), chosen]).cpu()
+            if t == 0:
+                first_token_at = time.perf_counter()
+            tokens, logps = host[0].long().tolist(), host[1].tolist()
+            next_ids = [self._step(i, tokens[i], logps[i]) for i in range(self.b)]
             done = all(self.done)
             if all_done(done) if all_done is not None else done:
                 break
             ids = torch.tensor(next_ids, device=mask.device).unsqueeze(1)
-            mask = torch.cat([mask, mask.new_ones(self.b, 1)], dim=1)
+            mask = full[:, : start + t + 1]
             out = lm.base(
                 input_ids=ids,
                 attention_mask=mask,
@@ -111,6 +125,7 @@ class Decoder:
             num_generated=[t + a for t, a in zip(self.n_think, self.n_answer, strict=True)],
             mean_logprob=self.logp_sum / n_ans,
             truncated=self.truncated,
+            first_token_at=first_token_at,
         )
 
     def _step(self, i: int, sampled: int, logp: float) -> int:

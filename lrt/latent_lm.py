@@ -73,11 +73,13 @@ class LatentLM(nn.Module):
         self.tokenizer = backbone.tokenizer
         self.register_buffer("open_ids", self._ids(backbone.config.think_open), persistent=False)
         self.register_buffer("close_ids", self._ids(backbone.config.think_close), persistent=False)
+        prefill = backbone.config.nothink_prefill or ""
+        self.register_buffer("prefill_ids", self._ids(prefill), persistent=False)
         self.eos_ids = backbone.eos_token_ids
 
     def _ids(self, text: str) -> torch.Tensor:
         ids = self.tokenizer(text, add_special_tokens=False).input_ids
-        return torch.tensor(ids, device=self.backbone.device)
+        return torch.tensor(ids, dtype=torch.long, device=self.backbone.device)
 
     def train(self, mode: bool = True) -> LatentLM:
         """Keep the base in eval mode (no dropout) whatever Lightning asks of the module."""
@@ -132,26 +134,52 @@ class LatentLM(nn.Module):
             raise ConfigError("mode 'lrt' needs a reasoner; pass reasoner=<folder or checkpoint>")
         return self.reasoner(prefix.hidden, prefix.mask).to(self.base.dtype)
 
+    def _span_pieces(self, mode: str, opened: bool) -> list[str | torch.Tensor]:
+        """What `mode` feeds between the prompt and the first decoded token, in order: marker
+        ids, or `"latents"` for the K latent vectors.
+
+        The opening marker is left out when the prompt already ends with it (`opened`), and
+        `direct` feeds nothing after its own template, except a close marker when the template
+        opened a span it cannot skip (DeepSeek-R1-Distill always thinks)."""
+        pieces: list[str | torch.Tensor] = []
+        if mode != "direct" and not opened:
+            pieces.append(self.open_ids)
+        if mode == "lrt":
+            pieces.append("latents")
+        if mode == "nothink" and self.prefill_ids.numel():
+            pieces.append(self.prefill_ids)
+        if mode in ("lrt", "nothink") or (mode == "direct" and opened):
+            pieces.append(self.close_ids)
+        return pieces
+
     def span_positions(self, mode: str, opened: bool = False) -> int:
         """Input positions `mode` puts after the prompt before decoding: the markers it adds and,
         for `lrt`, the K latents (what the prefill of the thinking span costs)."""
-        opening = 0 if opened else self.open_ids.numel()
-        if mode == "cot":
-            return opening
-        latents = self.reasoner.num_latents if mode == "lrt" and self.reasoner is not None else 0
-        return opening + latents + self.close_ids.numel()
+        k = self.reasoner.num_latents if self.reasoner is not None else 0
+        return sum(k if isinstance(p, str) else p.numel() for p in self._span_pieces(mode, opened))
+
+    def span_embeds(
+        self, mode: str, batch_size: int, opened: bool = False, latents: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """Input embeddings of what `mode` feeds after the prompt ([B, n, d]), None if nothing."""
+        parts = []
+        for piece in self._span_pieces(mode, opened):
+            if isinstance(piece, str):
+                assert latents is not None, "mode 'lrt' needs latents"
+                parts.append(latents)
+            else:
+                parts.append(self.backbone.embed(piece).unsqueeze(0).expand(batch_size, -1, -1))
+        return torch.cat(parts, dim=1) if parts else None
 
     def thinking_embeds(
         self, latents: torch.Tensor | None, batch_size: int, opened: bool = False
     ) -> torch.Tensor:
-        """Input embeddings of `[open marker, Z, close marker]` (or an empty span without Z);
+        """Input embeddings of `[open marker, Z, close marker]` (or `nothink`'s span without Z);
         without the open marker when the prompt already ends with it (`opened`)."""
-        embed = self.backbone.embed
-        close_e = embed(self.close_ids).unsqueeze(0).expand(batch_size, -1, -1)
-        parts = [] if opened else [embed(self.open_ids).unsqueeze(0).expand(batch_size, -1, -1)]
-        if latents is not None:
-            parts.append(latents)
-        return torch.cat([*parts, close_e], dim=1)
+        mode = "nothink" if latents is None else "lrt"
+        embeds = self.span_embeds(mode, batch_size, opened, latents)
+        assert embeds is not None
+        return embeds
 
     def _forward_suffix(
         self,
@@ -241,7 +269,8 @@ class LatentLM(nn.Module):
     ) -> Generation:
         """Decode an answer after the thinking span of `mode`, batched with the KV cache.
 
-        `lrt` puts `latents` (or the reasoner's) in the span; `nothink` leaves it empty; `cot`
+        `lrt` puts `latents` (or the reasoner's) in the span; `nothink` leaves it empty (but
+        for `model.nothink_prefill`); `direct` answers straight after the prompt; `cot`
         lets the model think for up to `budget` tokens and, when the budget is hit, closes the
         span itself and appends `force_answer` (budget forcing). `prefix` is not modified.
         Sampling (`temperature` > 0) draws from `noise`, one uniform per row and step.
@@ -252,15 +281,10 @@ class LatentLM(nn.Module):
             raise ConfigError(f"mode={mode!r} is not one of {DECODED}")
         b = prefix.batch_size
         work = prefix.fork()
+        z = None
         if mode == "lrt":
             z = self.reason(prefix) if latents is None else latents
-            embeds = self.thinking_embeds(z, b, prefix.opened)
-        elif mode == "nothink":
-            embeds = self.thinking_embeds(None, b, prefix.opened)
-        elif not prefix.opened:
-            embeds = self.backbone.embed(self.open_ids).unsqueeze(0).expand(b, -1, -1)
-        else:  # cot after a prompt that opened the span itself: decode straight from it
-            embeds = None
+        embeds = self.span_embeds(mode, b, prefix.opened, z)
         if embeds is None:
             logits, mask = prefix.last_logits, prefix.mask
         else:

@@ -4,11 +4,17 @@ Every mode answers the same question prompt with the same grader (DESIGN.md sect
 they differ only in what happens between the prompt and the answer:
 
 - `lrt`: the reasoner's K latents inside the thinking span, then the answer;
-- `nothink`: an empty thinking span, then the answer;
+- `direct`: the model's own chat template with no thinking span at all (its non-thinking mode
+  where it has one), then the answer: the natural baseline of a model without thinking;
+- `nothink`: an empty thinking span (Ma et al.'s NoThinking prefill inside it for models with
+  a thinking mode, `model.nothink_prefill`), then the answer;
 - `cot`: explicit thinking for up to a token budget, then the answer (budget forcing);
 - `hybrid`: `lrt`, and `cot` for the questions whose `lrt` answer is not confident.
 
 A mode label may carry a budget (`cot@256`), so each budget is its own row of a results table.
+The baselines (`direct`, `nothink`, `cot`) are asked in the model's default system line
+(`model.baseline_system_prompt`), `lrt` and `hybrid` in the run's (`model.system_prompt`);
+all share the task's answer budget (`data.max_answer_tokens`) and grader.
 """
 
 from __future__ import annotations
@@ -26,18 +32,26 @@ class Mode:
     """Evaluated once per reasoner; the others depend on the base alone (checkpoint `base`)."""
     budgeted: bool
     """Has an explicit thinking span, hence a token budget (`label@N`)."""
+    baseline: bool
+    """A baseline of the base model alone: asked in its default system line."""
+    no_thinking: bool = False
+    """Answers without thinking: the rows `lrt` is compared with at the same budget."""
+    method: str | None = None
+    """For another method's mode (STIR, RiM): the `evaluate.yaml` key naming what answers in
+    it (`lrt.evaluation.methods` loads it); evaluated once per thing loaded."""
 
 
 MODES: dict[str, Mode] = {
     m.name: m
     for m in (
-        Mode("lrt", needs_reasoner=True, budgeted=False),
-        Mode("nothink", needs_reasoner=False, budgeted=False),
-        Mode("cot", needs_reasoner=False, budgeted=True),
-        Mode("hybrid", needs_reasoner=True, budgeted=True),
+        Mode("lrt", needs_reasoner=True, budgeted=False, baseline=False),
+        Mode("nothink", needs_reasoner=False, budgeted=False, baseline=True, no_thinking=True),
+        Mode("cot", needs_reasoner=False, budgeted=True, baseline=True),
+        Mode("hybrid", needs_reasoner=True, budgeted=True, baseline=False),
+        Mode("direct", needs_reasoner=False, budgeted=False, baseline=True, no_thinking=True),
     )
 }
-DECODED = ("lrt", "nothink", "cot")
+DECODED = ("lrt", "direct", "nothink", "cot")
 """Modes `LatentLM.generate` decodes in one pass; the others are compositions of these."""
 
 
@@ -70,8 +84,18 @@ def parse_mode(label: str) -> tuple[str, int | None]:
     return name, int(budget)
 
 
+def mode_of(label: str) -> Mode:
+    return MODES[parse_mode(label)[0]]
+
+
 def needs_reasoner(label: str) -> bool:
-    return MODES[parse_mode(label)[0]].needs_reasoner
+    return mode_of(label).needs_reasoner
+
+
+def of_base(label: str) -> bool:
+    """Answered by the base model alone (evaluated once per task, as checkpoint `base`)."""
+    mode = mode_of(label)
+    return not mode.needs_reasoner and mode.method is None
 
 
 def mode_labels(modes: Iterable[str], budgets: Sequence[int]) -> list[str]:

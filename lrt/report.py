@@ -38,3 +38,47 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], path: Path | None = 
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     return text
+
+
+def percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def with_interval(value: float, ci: Sequence[float], signed: bool = False) -> str:
+    """`21.5% [16.0, 27.5]`, or with `signed` a difference such as `+9.5 [3.0, 16.0] pts`."""
+    lo, hi = (100 * c for c in ci)
+    if signed:
+        return f"{100 * value:+.1f} [{lo:+.1f}, {hi:+.1f}] pts"
+    return f"{percent(value)} [{lo:.1f}, {hi:.1f}]"
+
+
+def comparison_columns(row: dict[str, Any]) -> dict[str, str]:
+    """The accuracy and paired-comparison columns every results table shows."""
+    paired = row.get("vs_best_baseline")
+    if row.get("best_baseline"):
+        versus = "best baseline"
+    elif paired is None:
+        versus = ""
+    else:
+        mark = " (win)" if paired["win"] and paired["difference"] > 0 else ""
+        versus = f"{with_interval(paired['difference'], paired['ci'], signed=True)} vs "
+        versus += f"{paired['against']}{mark}"
+    return {
+        "accuracy [95% CI]": with_interval(row["accuracy"], row["accuracy_ci"]),
+        "vs best no-thinking baseline": versus,
+    }
+
+
+def held_out_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The short held-out table of a training stage."""
+    return [
+        {
+            "mode": r["mode"],
+            "questions": r["questions"],
+            **comparison_columns(r),
+            "mean tokens": r["mean_tokens"],
+            "positions": r["mean_positions"],
+            "s/question": r["time_per_question_s"],
+        }
+        for r in rows
+    ]

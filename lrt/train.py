@@ -12,6 +12,7 @@ A run killed at any point and resumed with `python train.py resume=<run folder>`
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import signal
@@ -27,16 +28,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from lrt.backbone import Backbone, load_backbone
 from lrt.checkpoint import check_base_model, read_checkpoint
-from lrt.config import TrainConfig, validate_train
+from lrt.config import RENAMED, TrainConfig, validate_train
 from lrt.data.datamodule import LRTDataModule
 from lrt.data.loading import load_limited_split
 from lrt.errors import ConfigError
 from lrt.evaluation.predict import mode_rows
 from lrt.latent_lm import LatentLM
 from lrt.loggers import build_loggers
-from lrt.modes import DecodeConfig
+from lrt.modes import DecodeConfig, parse_mode
 from lrt.reasoner import Reasoner, build_reasoner, load_reasoner
-from lrt.report import print_table
+from lrt.report import held_out_rows, print_table
 from lrt.stages import get_stage
 from lrt.training.base import StageModule
 from lrt.training.callbacks import (
@@ -86,6 +87,15 @@ def resume_argv(argv: list[str]) -> list[str]:
         overrides[item.split("=", 1)[0].lstrip("+~")] = item
     overrides.pop("run_name", None)
     return [*overrides.values(), f"run_name={run_dir.name}", f"hydra.run.dir={run_dir}"]
+
+
+def refuse_renamed(argv: list[str]) -> None:
+    """An override of a key that was renamed stops with the new name (Hydra alone would only
+    say the old key is not in the config)."""
+    for arg in argv:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key in RENAMED:
+            sys.exit(f"error: {key} is now {RENAMED[key]}")
 
 
 def check_run_dir(run_dir: Path, min_free_gb: float) -> None:
@@ -156,11 +166,9 @@ def prompt_budget(config: TrainConfig, lm: LatentLM) -> int | None:
         return None
     span = lm.span_positions("lrt")
     final = config.final_eval
-    answer = max(
-        config.stage.val_max_answer_tokens,
-        getattr(config.stage, "max_answer_tokens", 0),
-        final.max_answer_tokens if final.enabled else 0,
-    )
+    budgets = [config.data.max_answer_tokens, getattr(config.stage, "max_answer_tokens", 0)]
+    budgets += [parse_mode(m)[1] or 0 for m in final.modes] if final.enabled else []
+    answer = max(budgets[:2]) + max(budgets[2:], default=0)
     if context - span - answer < 1:
         raise ConfigError(
             f"the model's context of {context} tokens cannot hold the {span}-token thinking "
@@ -197,7 +205,7 @@ def final_comparison(
         records,
         prompt,
         final.modes,
-        DecodeConfig(max_answer_tokens=final.max_answer_tokens),
+        DecodeConfig(max_answer_tokens=config.data.max_answer_tokens),
         final.batch_size,
         config.seed,
         all_done=module.all_done,
@@ -205,7 +213,8 @@ def final_comparison(
     if zero:
         assert config.data.test is not None
         title = f"held-out {config.data.task} ({config.data.test.split})"
-        print_table(title, rows, path=run_dir / "final_eval.md")
+        print_table(title, held_out_rows(rows), path=run_dir / "final_eval.md")
+        (run_dir / "final_eval.json").write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 
 
@@ -231,6 +240,7 @@ def train_reasoner(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Pat
         config.stage,
         seed=config.seed,
         skip_nonfinite=config.guard.skip_nonfinite,
+        answer_tokens=config.data.max_answer_tokens,
     )
     stopper = StopOnSignal(ckpt_dir / "last.ckpt")
     loggers = build_loggers(config.logger, str(run_dir))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -9,7 +10,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from omegaconf import DictConfig
 
 from lrt.backbone import Backbone
 from lrt.data.prompts import PromptConfig, format_prompt
+from lrt.data.records import Record
 from lrt.data.tasks import load_task
 from lrt.errors import CheckpointError, ConfigError
 from lrt.evaluation import (
@@ -31,6 +33,12 @@ from lrt.evaluation import (
     predict,
     summarize,
     validate_evaluate,
+)
+from lrt.evaluation.metrics import (
+    accuracy_interval,
+    compare_to_best_baseline,
+    mcnemar_p,
+    paired_difference,
 )
 from lrt.latent_lm import LatentLM
 from lrt.modes import DecodeConfig
@@ -59,6 +67,7 @@ PREDICTION_FIELDS = {
     "after_prompt",
     "batch_time_s",
     "time_per_question_s",
+    "ttft_s",
     "truncated",
     "confidence",
     "route",
@@ -71,6 +80,7 @@ METRICS = {
     "questions",
     "samples",
     "accuracy",
+    "accuracy_ci",
     "mean_tokens",
     "p50_tokens",
     "p95_tokens",
@@ -78,6 +88,7 @@ METRICS = {
     "mean_prompt",
     "time_per_question_s",
     "batch_latency_s",
+    "ttft_s",
     "questions_per_s",
     "truncated",
     "routed_lrt",
@@ -144,8 +155,8 @@ def test_pass_at_k_equals_brute_force_over_all_subsets() -> None:
 def test_summarize_averages_pass_at_k_over_questions() -> None:
     def pred(qid: str, sample: int, correct: bool, tokens: int) -> Prediction:
         return Prediction(
-            qid, "lrt", "", None, correct, tokens, tokens + 9, tokens + 3, 4.0, 0.5, False, 0.0,
-            sample,
+            qid, "lrt", "", None, correct, tokens, tokens + 9, tokens + 3, 4.0, 0.5, 0.2, False,
+            0.0, sample,
         )  # fmt: skip
 
     preds = [pred("a", s, s == 0, 10) for s in range(4)] + [
@@ -319,7 +330,8 @@ def test_every_mode_with_sampling_writes_all_outputs(
         ("reasoner", "hybrid@4"),
     }
     for row in rows.values():
-        assert set(row) == METRICS | {"pass@1", "pass@2"}
+        comparison = {"best_baseline"} if row.get("best_baseline") else {"vs_best_baseline"}
+        assert set(row) == METRICS | {"pass@1", "pass@2"} | comparison
         assert (row["task"], row["questions"], row["samples"]) == ("arith", 3, 2)
         assert row["pass@1"] == pytest.approx(row["accuracy"]) and row["pass@2"] >= row["pass@1"]
     hybrid = rows[("reasoner", "hybrid@4")]
@@ -426,3 +438,86 @@ def test_evaluate_takes_the_base_the_reasoner_recorded(
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: reasoner {folder} was trained for base model 'tiny-random-qwen3', not 'other'"
     )
+
+
+# --- baselines at their best, with their uncertainty -----------------------------------------
+
+
+def test_direct_answers_after_the_templates_own_prompt(tiny_lm: LatentLM) -> None:
+    """`direct`: the model's template in its non-thinking mode (Qwen3's closes an empty span
+    itself) and nothing fed after it: the same tokens as transformers' own greedy generate."""
+    template = (ROOT / "tests" / "fixtures" / "chat_templates" / "qwen3.jinja").read_text()
+    tokenizer = copy.deepcopy(tiny_lm.tokenizer)
+    tokenizer.chat_template = template
+    lm = LatentLM(tiny_lm.backbone, tiny_lm.reasoner)
+    lm.tokenizer = tokenizer
+    record = Record("q", "What is 2+2?", "4")
+    text = format_prompt(tokenizer, record, PromptConfig(), None, thinking=False)
+    assert text.endswith("<think>\n\n</think>\n\n")
+    assert lm.span_positions("direct") == 0
+    ids, mask = lm.tokenize_prompts([text])
+    ours = lm.generate(lm.encode(ids, mask), "direct", max_answer_tokens=5).token_ids[0]
+    theirs = lm.base.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, eos_token_id=None
+    )[0, ids.shape[1] :].tolist()
+    assert ours == theirs[: len(ours)] and len(ours) == 5
+
+
+def test_baselines_get_the_default_system_line_and_nothink_its_prefill(
+    tiny_backbone: Backbone,
+) -> None:
+    """Baselines are asked in `model.baseline_system_prompt` (the model's default), `lrt` in
+    `model.system_prompt`; `nothink` carries `model.nothink_prefill` inside its span."""
+    config = replace(
+        tiny_backbone.config,
+        system_prompt="Short.",
+        baseline_system_prompt="A much longer default system line.",
+        nothink_prefill="Okay, I think I have finished thinking.",
+    )
+    backbone = replace(tiny_backbone, config=config)
+    reasoner = build_reasoner(
+        {"num_latents": 2, "width": 32, "depth": 1, "heads": 4},
+        backbone.name,
+        backbone.hidden_size,
+        backbone.embedding_rms(),
+    )
+    lm = LatentLM(backbone, reasoner)
+    prefill = len(lm.tokenizer(config.nothink_prefill).input_ids)
+    empty = lm.open_ids.numel() + lm.close_ids.numel()
+    assert lm.span_positions("nothink") == empty + prefill
+    records = load_task("arith", "test", limit=2)
+    settings = DecodeConfig(max_answer_tokens=2)
+    rows = {
+        mode: predict(lm, "arith", records, PromptConfig(), mode, settings)
+        for mode in ("lrt", "direct", "nothink")
+    }
+    prompt = {m: [p.positions - p.after_prompt for p in preds] for m, preds in rows.items()}
+    longer = len("A much longer default system line.") - len("Short.")
+    assert [b - a for a, b in zip(prompt["lrt"], prompt["direct"], strict=True)] == [longer] * 2
+    assert prompt["nothink"] == prompt["direct"]
+    assert all(p.after_prompt >= empty + prefill for p in rows["nothink"])
+
+
+def test_intervals_and_paired_differences() -> None:
+    def preds(correct: list[bool]) -> list[Prediction]:
+        return [
+            Prediction(f"q{i}", "m", "", None, c, 1, 1, 0, 0.1, 0.1, 0.1, False, 0.0)
+            for i, c in enumerate(correct)
+        ]
+
+    a = preds([True] * 60 + [False] * 40)
+    lo, hi = accuracy_interval(a)
+    assert lo < 0.6 < hi and hi - lo == pytest.approx(2 * 1.96 * (0.24 / 100) ** 0.5, rel=0.2)
+    same = paired_difference(a, a)
+    assert same["difference"] == 0 and same["ci"] == [0.0, 0.0] and not same["win"]
+    assert same["mcnemar_p"] == 1.0
+    b = preds([True] * 30 + [False] * 70)  # a right on 30 questions b gets wrong, never worse
+    better = paired_difference(a, b)
+    assert better["difference"] == pytest.approx(0.3) and better["win"]
+    assert better["ci"][0] > 0 and better["mcnemar_p"] == pytest.approx(2 / 2**30)
+    assert mcnemar_p(9, 1) == pytest.approx(2 * (1 + 10) / 2**10)
+    rows = [{"task": "t", "mode": "direct", "accuracy": 0.3}, {"task": "t", "mode": "nothink",
+            "accuracy": 0.1}, {"task": "t", "mode": "lrt", "accuracy": 0.6}]  # fmt: skip
+    compare_to_best_baseline(rows, [b, preds([False] * 100), a])
+    assert rows[0]["best_baseline"] and "vs_best_baseline" not in rows[0]
+    assert rows[2]["vs_best_baseline"]["against"] == "direct" and rows[2]["vs_best_baseline"]["win"]

@@ -507,7 +507,7 @@ CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
     ),
     "max_prompt_tokens over the context": lambda tmp: (
         ["data.max_prompt_tokens=5000"],
-        "data.max_prompt_tokens=5000 does not fit in the model's context, which leaves 2022 "
+        "data.max_prompt_tokens=5000 does not fit in the model's context, which leaves 2006 "
         "tokens for the prompt",
     ),
     "unknown task": lambda tmp: (["data.task=sudoku"], "data.task='sudoku' is not a known task"),

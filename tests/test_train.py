@@ -25,7 +25,7 @@ TINY = [
     "stage.checkpoint_every_n_steps=1",
     "data.val.limit=4",
     "data.test.limit=4",
-    "final_eval.max_answer_tokens=4",
+    "data.max_answer_tokens=4",
     "trainer.enable_progress_bar=false",
 ]
 
@@ -136,6 +136,17 @@ def test_validation_never_reads_the_test_split(compose_train, data: str) -> None
     with open_dict(cfg):
         cfg.data.allow_val_on_test = True
     validate_train(cfg)
+
+
+def test_a_renamed_key_names_its_new_name(tmp_path: Path) -> None:
+    for old, new in (
+        ("final_eval.max_answer_tokens=8", "data.max_answer_tokens"),
+        ("stage.val_max_answer_tokens=8", "data.max_answer_tokens"),
+        ("stage.sigma_min=0.1", "stage.sigma_min_scale"),
+    ):
+        result = run_train("model=tiny_random", old, f"hydra.run.dir={tmp_path}")
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines()[-1] == f"error: {old.split('=')[0]} is now {new}"
 
 
 def test_cli_error_is_one_line(tmp_path: Path) -> None:

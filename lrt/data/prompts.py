@@ -51,13 +51,24 @@ def question_text(record: Record, cfg: PromptConfig) -> str:
 
 
 def format_prompt(
-    tokenizer: PreTrainedTokenizerBase, record: Record, cfg: PromptConfig, system: str | None
+    tokenizer: PreTrainedTokenizerBase,
+    record: Record,
+    cfg: PromptConfig,
+    system: str | None,
+    thinking: bool = True,
 ) -> str:
-    """Chat-templated prompt ending with the assistant turn's opening (no thinking marker yet)."""
+    """Chat-templated prompt ending with the assistant turn's opening (no thinking marker yet).
+
+    `thinking=False` asks the template for its non-thinking mode (Qwen3's `enable_thinking`,
+    which closes an empty span itself); templates without one ignore it.
+    """
     messages = [{"role": "user", "content": question_text(record, cfg)}]
     if system:
         messages.insert(0, {"role": "system", "content": system})
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    extra = {} if thinking else {"enable_thinking": False}
+    return tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False, **extra
+    )
 
 
 def target_text(record: Record, cfg: PromptConfig) -> str | None:

@@ -97,8 +97,13 @@ class DataConfig:
     on_long_prompt: str = "error"
     """`error`, or `truncate`: cut a longer question's start to fit (counted in a warning)."""
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    max_answer_tokens: int = 32
+    """The one answer budget of every no-thinking mode and `lrt` (and of `cot`'s answer after
+    its thinking): validation, the held-out table and evaluate.py all decode this many."""
 
     def __post_init__(self) -> None:
+        if self.max_answer_tokens <= 0:
+            raise ConfigError(f"data.max_answer_tokens={self.max_answer_tokens} must be positive")
         if self.task not in TASKS:
             known = ", ".join(sorted(TASKS))
             raise ConfigError(f"data.task={self.task!r} is not a known task ({known})")

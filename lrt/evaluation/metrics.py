@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lrt.modes import mode_of
+
 if TYPE_CHECKING:
     from lrt.evaluation.predict import Prediction
 
@@ -74,9 +76,101 @@ def summarize(
         "mean_prompt": _mean([p.positions - p.after_prompt for p in predictions]),
         "time_per_question_s": per_q,
         "batch_latency_s": _mean([p.batch_time_s for p in predictions]),
+        "ttft_s": _mean([p.ttft_s for p in predictions]),
         "questions_per_s": questions / wall_s if wall_s else (1.0 / per_q if per_q > 0 else 0.0),
         "truncated": sum(p.truncated for p in predictions),
         "routed_lrt": routes.count("lrt") / len(routes) if routes else None,
         "routed_cot": routes.count("cot") / len(routes) if routes else None,
     }
     return metrics
+
+
+# --- uncertainty ----------------------------------------------------------------------------
+
+BOOTSTRAP_RESAMPLES = 2000
+LEVEL = 0.95
+
+
+def per_question(predictions: Sequence[Prediction]) -> dict[str, float]:
+    """Each question's accuracy over its samples (0 or 1 when greedy)."""
+    scores: dict[str, list[bool]] = {}
+    for p in predictions:
+        scores.setdefault(p.id, []).append(p.correct)
+    return {q: sum(c) / len(c) for q, c in scores.items()}
+
+
+def _bootstrap(values: np.ndarray, seed: int) -> tuple[float, float]:
+    """Percentile interval of the mean of `values` over resampled questions."""
+    if len(values) == 0:
+        return 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, len(values), size=(BOOTSTRAP_RESAMPLES, len(values)))
+    means = values[index].mean(axis=1)
+    tail = (1 - LEVEL) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def accuracy_interval(predictions: Sequence[Prediction], seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the accuracy, resampling questions (their samples together)."""
+    return _bootstrap(np.array(list(per_question(predictions).values())), seed)
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar p-value from the discordant pairs (a right and b wrong, and the
+    reverse): under no difference each is a fair coin flip."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_difference(
+    a: Sequence[Prediction], b: Sequence[Prediction], seed: int = 0
+) -> dict[str, Any]:
+    """Accuracy of `a` minus that of `b` on the questions both answered, with a 95% bootstrap
+    interval over those questions (paired: a question's two scores are resampled together),
+    the exact McNemar p for greedy rows, and `win`: the interval excludes 0."""
+    qa, qb = per_question(a), per_question(b)
+    common = sorted(set(qa) & set(qb))
+    diffs = np.array([qa[q] - qb[q] for q in common])
+    lo, hi = _bootstrap(diffs, seed)
+    greedy = all(v in (0.0, 1.0) for q in common for v in (qa[q], qb[q]))
+    only_a = sum(qa[q] > qb[q] for q in common)
+    only_b = sum(qb[q] > qa[q] for q in common)
+    return {
+        "questions": len(common),
+        "difference": float(diffs.mean()) if len(diffs) else 0.0,
+        "ci": [lo, hi],
+        "mcnemar_p": mcnemar_p(only_a, only_b) if greedy else None,
+        "win": lo > 0 or hi < 0,
+    }
+
+
+def compare_to_best_baseline(
+    rows: list[dict[str, Any]], predictions: Sequence[Sequence[Prediction]], seed: int = 0
+) -> None:
+    """Mark, among rows of the same task, the best no-thinking baseline of the bare base
+    (`direct`, `nothink`), and give every other row its paired difference against it.
+
+    Adds `accuracy_ci` to every row, `best_baseline` (True on that row) and `vs_best_baseline`
+    (the `paired_difference` dict, with the baseline's mode) to the others.
+    """
+    for row, preds in zip(rows, predictions, strict=True):
+        row["accuracy_ci"] = list(accuracy_interval(preds, seed))
+    for task in dict.fromkeys(r.get("task") for r in rows):
+        members = [i for i, r in enumerate(rows) if r.get("task") == task]
+        candidates = [
+            i
+            for i in members
+            if mode_of(rows[i]["mode"]).no_thinking and rows[i].get("checkpoint", "base") == "base"
+        ]
+        if not candidates:
+            continue
+        best = max(candidates, key=lambda i: rows[i]["accuracy"])
+        rows[best]["best_baseline"] = True
+        for i in members:
+            if i != best:
+                paired = paired_difference(predictions[i], predictions[best], seed)
+                rows[i]["vs_best_baseline"] = {"against": rows[best]["mode"], **paired}

@@ -21,10 +21,10 @@ from lrt.data.records import Record
 from lrt.decoding import Generation
 from lrt.distributed import gather_objects, padded_shard, world
 from lrt.errors import ConfigError
-from lrt.evaluation.metrics import accuracy, mean_tokens
+from lrt.evaluation.metrics import compare_to_best_baseline, summarize
 from lrt.grading import extract, grade
 from lrt.latent_lm import LatentLM, Prefix
-from lrt.modes import DecodeConfig, parse_mode
+from lrt.modes import DecodeConfig, mode_of, parse_mode
 from lrt.sampling import RowNoise
 
 
@@ -48,6 +48,9 @@ class Prediction:
     """Wall time of the batch it was decoded in (prompt encode included): its latency."""
     time_per_question_s: float
     """`batch_time_s` over the batch's questions: the amortised cost at this batch size."""
+    ttft_s: float
+    """Time to first token: from the batch's arrival (prompt encode included) to its first
+    decoded token."""
     truncated: bool
     confidence: float
     """Mean log-prob of the answer tokens (hybrid: of the `lrt` answer, the gate's input)."""
@@ -70,11 +73,12 @@ class _Answer:
     truncated: bool
     confidence: float
     route: str | None = None
+    first_token_at: float = 0.0
 
 
 def _answers(gen: Generation, span: int, route: str | None = None) -> list[_Answer]:
     return [
-        _Answer(text, n, span + len(ids), trunc, float(conf), route)
+        _Answer(text, n, span + len(ids), trunc, float(conf), route, gen.first_token_at)
         for text, n, ids, trunc, conf in zip(
             gen.texts,
             gen.num_generated,
@@ -135,6 +139,7 @@ def decode(
                 tokens=first.tokens + again.tokens,
                 after_prompt=first.after_prompt + again.after_prompt,
                 confidence=first.confidence,
+                first_token_at=first.first_token_at,
             )
     return answers
 
@@ -164,13 +169,16 @@ def predict(
         settings = replace(settings, budget=budget)
     if samples < 1:
         raise ConfigError(f"samples={samples} must be at least 1")
-    system = lm.backbone.config.system_prompt
+    kind = mode_of(mode)
+    config = lm.backbone.config
+    system = config.baseline_system_prompt if kind.baseline else config.system_prompt
+    thinking = base_mode != "direct"
     stream = sampling.key(seed)
     out: list[Prediction] = []
     for start in range(0, len(records), batch_size):
         batch = records[start : start + batch_size]
         t0 = time.perf_counter()
-        prompts = [format_prompt(lm.tokenizer, r, prompt, system) for r in batch]
+        prompts = [format_prompt(lm.tokenizer, r, prompt, system, thinking) for r in batch]
         prefix = lm.encode(*lm.tokenize_prompts(prompts))
         prompt_lengths = prefix.mask.sum(1).repeat_interleave(samples).tolist()
         if samples > 1:
@@ -191,6 +199,7 @@ def predict(
                 after_prompt=a.after_prompt,
                 batch_time_s=batch_time,
                 time_per_question_s=batch_time / len(batch),
+                ttft_s=a.first_token_at - t0,
                 truncated=a.truncated,
                 confidence=a.confidence,
                 sample=s,
@@ -215,8 +224,9 @@ def mode_rows(
     seed: int,
     all_done: Callable[[bool], bool] | None = None,
 ) -> list[dict[str, Any]]:
-    """`mode`, `questions`, `accuracy` and `mean_tokens` of each mode on the same records: the
-    held-out table a training stage prints when it ends.
+    """Each mode on the same records, as the held-out table a training stage prints when it
+    ends: accuracy with its 95% interval, the paired difference against the best no-thinking
+    baseline, tokens, positions and time per question (`summarize` plus comparisons).
 
     Under data parallelism every rank decodes its own shard of the records (padded so that
     all ranks run the same batches, with `all_done` keeping their decoding in step) and the
@@ -224,16 +234,11 @@ def mode_rows(
     """
     rank, size = world()
     mine, real = padded_shard(records, rank, size)
-    rows = []
+    rows, by_mode = [], []
     for mode in modes:
         preds = predict(lm, task, mine, prompt, mode, settings, batch_size, seed, all_done=all_done)
         preds = [p for part in gather_objects(preds[:real]) for p in part]
-        rows.append(
-            {
-                "mode": mode,
-                "questions": len(preds),
-                "accuracy": accuracy(preds),
-                "mean_tokens": mean_tokens(preds),
-            }
-        )
+        rows.append({"task": task, "mode": mode, **summarize(preds)})
+        by_mode.append(preds)
+    compare_to_best_baseline(rows, by_mode, seed)
     return rows

@@ -41,13 +41,14 @@ from lrt.evaluation.discovery import (
     swept_keys,
     take_recorded_model,
 )
-from lrt.evaluation.metrics import summarize
+from lrt.evaluation.methods import METHODS, loader
+from lrt.evaluation.metrics import compare_to_best_baseline, summarize
 from lrt.evaluation.predict import Prediction, predict
 from lrt.latent_lm import LatentLM
 from lrt.loggers import build_loggers
-from lrt.modes import DecodeConfig, mode_labels, needs_reasoner
+from lrt.modes import DecodeConfig, mode_labels, mode_of, needs_reasoner, of_base
 from lrt.plots import pareto_plot, sweep_plot
-from lrt.report import print_table
+from lrt.report import comparison_columns, print_table
 from lrt.schema import typed
 
 log = logging.getLogger("lrt.evaluate")
@@ -66,6 +67,8 @@ class EvalTask:
     task: str
     records: list[Record]
     prompt: PromptConfig
+    max_answer_tokens: int
+    """The task's answer budget (`data.max_answer_tokens`), or evaluate's override."""
 
 
 def validate_evaluate(cfg: DictConfig) -> list[str]:
@@ -81,7 +84,7 @@ def validate_evaluate(cfg: DictConfig) -> list[str]:
             f"modes={as_list(cfg.modes)} all need a reasoner; set checkpoints or sweep_dir"
         )
     for key in ("batch_size", "max_answer_tokens"):
-        if int(cfg[key]) <= 0:
+        if cfg[key] is not None and int(cfg[key]) <= 0:
             raise ConfigError(f"{key}={cfg[key]} must be positive")
     if cfg.limit is not None and int(cfg.limit) <= 0:
         raise ConfigError(f"limit={cfg.limit} must be positive (or null for the whole split)")
@@ -120,7 +123,8 @@ def load_tasks(cfg: DictConfig) -> list[EvalTask]:
             raise ConfigError(f"{where}.test is null: task {name!r} has no test split")
         split = data.test if cfg.limit is None else replace(data.test, limit=int(cfg.limit))
         records = load_split(data.task, split, data.on_error, data.options)
-        tasks.append(EvalTask(name, data.task, records, data.prompt))
+        budget = data.max_answer_tokens if cfg.max_answer_tokens is None else cfg.max_answer_tokens
+        tasks.append(EvalTask(name, data.task, records, data.prompt, int(budget)))
         log.info("%s: %d test questions", name, len(records))
     return tasks
 
@@ -151,7 +155,7 @@ def _table_row(row: Mapping[str, Any], ks: Sequence[int]) -> dict[str, Any]:
         "task": row["task"],
         "mode": row["mode"],
         "questions": row["questions"],
-        "accuracy": row["accuracy"],
+        **comparison_columns(row),
         **{f"pass@{k}": row[f"pass@{k}"] for k in ks},
         "mean tokens": row["mean_tokens"],
         "p50": row["p50_tokens"],
@@ -159,6 +163,7 @@ def _table_row(row: Mapping[str, Any], ks: Sequence[int]) -> dict[str, Any]:
         "positions": row["mean_positions"],
         "s/question": row["time_per_question_s"],
         "batch latency s": row["batch_latency_s"],
+        "TTFT s": row["ttft_s"],
         "q/s": row["questions_per_s"],
         "truncated": row["truncated"],
         "routed": routed,
@@ -252,6 +257,7 @@ def run_jobs(
     """
     _warm_up(jobs, tasks[0], decode)
     rows: list[dict[str, Any]] = []
+    kept: list[list[Prediction]] = []
     with predictions.open("w") as jsonl, _progress() as progress:
         for task in tasks:
             for ckpt, mode in jobs:
@@ -273,7 +279,7 @@ def run_jobs(
                     task.records,
                     task.prompt,
                     mode,
-                    decode,
+                    replace(decode, max_answer_tokens=task.max_answer_tokens),
                     batch_size=batch_size,
                     seed=seed,
                     on_batch=on_batch,
@@ -292,6 +298,8 @@ def run_jobs(
                         **summarize(preds, ks, wall),
                     }
                 )
+                kept.append(preds)
+    compare_to_best_baseline(rows, kept, seed)
     return rows
 
 
@@ -319,7 +327,7 @@ def evaluate(cfg: DictConfig) -> Path:
     checkpoints = load_checkpoints(cfg, base)
     adapters = load_adapters(cfg, base)
 
-    base_labels = [m for m in labels if not needs_reasoner(m)]
+    base_labels = [m for m in labels if of_base(m)]
     reasoner_labels = [m for m in labels if needs_reasoner(m)]
     if reasoner_labels and not checkpoints:
         log.warning(
@@ -329,11 +337,17 @@ def evaluate(cfg: DictConfig) -> Path:
     jobs = [(Checkpoint("base", None, base), m) for m in base_labels]
     jobs += [(a, m) for a in adapters for m in base_labels]
     jobs += [(c, m) for c in checkpoints for m in reasoner_labels]
+    for key in METHODS:
+        method_labels = [m for m in labels if mode_of(m).method == key]
+        sources = as_list(cfg.get(key))
+        if method_labels and not sources:
+            log.warning("modes %s are skipped: pass %s=<path>", ", ".join(method_labels), key)
+        found = loader(key)(sources, base) if sources and method_labels else []
+        jobs += [(c, m) for c in found for m in method_labels]
 
     pk = cfg.pass_at_k
     sampling = int(pk.n) > 0
-    decode = DecodeConfig(
-        max_answer_tokens=int(cfg.max_answer_tokens),
+    decode = DecodeConfig(  # max_answer_tokens: each task's, set in run_jobs
         force_answer=str(cfg.force_answer),
         temperature=float(pk.temperature) if sampling else 0.0,
         top_p=float(pk.top_p) if sampling else 1.0,

@@ -51,8 +51,10 @@ class StageModule(L.LightningModule):
         settings: StageSettings,
         seed: int = 0,
         skip_nonfinite: int = 0,
+        answer_tokens: int = 32,
     ) -> None:
-        """`seed` keys dropout and GRPO's noise; `skip_nonfinite` is `guard.skip_nonfinite`."""
+        """`seed` keys dropout and GRPO's noise; `skip_nonfinite` is `guard.skip_nonfinite`;
+        `answer_tokens` is the task's answer budget (`data.max_answer_tokens`), validation's."""
         super().__init__()
         self.automatic_optimization = False
         self.lm = lm
@@ -61,6 +63,7 @@ class StageModule(L.LightningModule):
         self._val_counts = torch.zeros(2, dtype=torch.float64)
         """Correct answers and questions of this rank's validation shard."""
         self.seed = seed
+        self.answer_tokens = answer_tokens
         self.skip_nonfinite = skip_nonfinite
         """How many batches with a non-finite loss or gradient may be skipped before stopping."""
         self.skipped_nonfinite = 0
@@ -172,7 +175,7 @@ class StageModule(L.LightningModule):
         gen = self.lm.generate(
             prefix,
             "lrt",
-            max_answer_tokens=self.settings.val_max_answer_tokens,
+            max_answer_tokens=self.answer_tokens,
             all_done=self.all_done,
         )
         records = self.trainer.datamodule.val_records

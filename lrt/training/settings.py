@@ -34,7 +34,7 @@ class StageSettings:
     """Gradient-norm clipping (null: none)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     val_every_n_steps: int = 50
-    val_max_answer_tokens: int = 16
+    """Validation (greedy `lrt` at `data.max_answer_tokens` on `data.val`) every N steps."""
     checkpoint_every_n_steps: int = 50
 
     def __post_init__(self) -> None:
@@ -45,10 +45,6 @@ class StageSettings:
             value = getattr(self, key)
             if not _positive(value):
                 raise ConfigError(f"stage.{key}={value} must be a positive integer")
-        if not _positive(self.val_max_answer_tokens):
-            raise ConfigError(
-                f"stage.val_max_answer_tokens={self.val_max_answer_tokens} must be positive"
-            )
         micro = self.micro_batch_size
         if micro is not None and not _positive(micro):
             raise ConfigError(f"stage.micro_batch_size={micro} must be a positive integer or null")

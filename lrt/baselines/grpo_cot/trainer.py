@@ -37,7 +37,7 @@ from lrt.evaluation.predict import mode_rows
 from lrt.latent_lm import LatentLM
 from lrt.loggers import wandb_run_id, wandb_should_be_offline
 from lrt.modes import DecodeConfig, parse_mode
-from lrt.report import print_table
+from lrt.report import held_out_rows, print_table
 
 if TYPE_CHECKING:
     from lrt.config import TrainConfig
@@ -150,7 +150,11 @@ def train_grpo_cot(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Pat
         table = final_comparison(config, trainer.model, backbone, split("test"), run_dir.name)
         if trainer.is_world_process_zero():
             title = f"held-out {config.data.task} ({config.data.test.split})"
-            print_table(title, table, path=run_dir / "final_eval.md")
+            shown = [
+                {"checkpoint": r["checkpoint"], **shown}
+                for r, shown in zip(table, held_out_rows(table), strict=True)
+            ]
+            print_table(title, shown, path=run_dir / "final_eval.md")
     return run_dir
 
 
@@ -160,7 +164,7 @@ def final_comparison(
     """Base and base+adapter on the same held-out questions in `stage.eval_modes` (`cot` at the
     training thinking budget), decoded by lrt's own decoder like evaluate.py's rows."""
     settings: GRPOCoTSettings = config.stage
-    decode = DecodeConfig(max_answer_tokens=settings.max_answer_tokens)
+    decode = DecodeConfig(max_answer_tokens=config.data.max_answer_tokens)
     modes = [
         f"{m}@{settings.thinking_budget}" if parse_mode(m) == ("cot", None) else m
         for m in settings.eval_modes
