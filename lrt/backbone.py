@@ -35,6 +35,15 @@ from lrt.schema import typed
 log = logging.getLogger(__name__)
 
 SOURCES = ("hub", "gguf", "random")
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
+
+
+def flash_attention_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
+
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -67,6 +76,13 @@ class BackboneConfig:
     leaves the span empty (models without one, whose markers are plain text)."""
     random_config: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    attn_implementation: str = "sdpa"
+    """transformers' attention kernel: `sdpa` (default), `eager`, or `flash_attention_2` where
+    the flash-attn package is installed (GPU)."""
+    activation_checkpointing: bool = False
+    """Recompute the frozen base's layer activations in the backward pass instead of keeping
+    them (`lrt/checkpointing.py`): passes that back-propagate through it (SFT, GRPO with
+    answer exploration) then fit long answers in much less memory, for about one more forward."""
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -77,6 +93,15 @@ class BackboneConfig:
             raise ConfigError(f"model.path is required for model.source={self.source!r}")
         if self.source == "gguf" and not self.gguf_file:
             raise ConfigError("model.gguf_file is required for model.source='gguf'")
+        if self.attn_implementation not in ATTENTION:
+            raise ConfigError(
+                f"model.attn_implementation={self.attn_implementation!r} is not one of {ATTENTION}"
+            )
+        if self.attn_implementation == "flash_attention_2" and not flash_attention_installed():
+            raise ConfigError(
+                "model.attn_implementation='flash_attention_2' needs the flash-attn package "
+                "(pip install flash-attn on a CUDA machine); use sdpa"
+            )
 
 
 @dataclass
@@ -135,7 +160,10 @@ def load_backbone(cfg: BackboneConfig) -> Backbone:
         model, tokenizer = _load_gguf(cfg, dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(
-            cfg.path, dtype=dtype, trust_remote_code=cfg.trust_remote_code
+            cfg.path,
+            dtype=dtype,
+            trust_remote_code=cfg.trust_remote_code,
+            attn_implementation=cfg.attn_implementation,
         )
         tokenizer = AutoTokenizer.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
     if tokenizer.pad_token_id is None:
@@ -167,7 +195,9 @@ def _load_gguf(cfg: BackboneConfig, dtype: torch.dtype) -> tuple[PreTrainedModel
     """
     converted = _cache_root(cfg) / "models" / _slug(cfg.name)
     if (converted / "config.json").exists():
-        model = AutoModelForCausalLM.from_pretrained(converted, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            converted, dtype=dtype, attn_implementation=cfg.attn_implementation
+        )
         return model, AutoTokenizer.from_pretrained(converted)
 
     gguf_dir, gguf_name = _locate_gguf(cfg)
@@ -275,6 +305,8 @@ def _build_random(cfg: BackboneConfig, dtype: torch.dtype) -> tuple[PreTrainedMo
     config = AutoConfig.for_model(model_type, **params)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=dtype, attn_implementation=cfg.attn_implementation
+        )
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model, tokenizer

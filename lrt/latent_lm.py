@@ -10,17 +10,20 @@ a row's result.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import DynamicCache
 
+from lrt import checkpointing
 from lrt.backbone import Backbone
 from lrt.data.collate import pad_answers, pad_prompts
 from lrt.decoding import Decoder, Generation, positions
 from lrt.errors import ConfigError
+from lrt.logprobs import token_logprobs
 from lrt.modes import DECODED
 from lrt.reasoner import Reasoner
 from lrt.sampling import RowNoise
@@ -60,6 +63,26 @@ class Prefix:
         return Prefix(cache, rep(self.mask), rep(self.hidden), rep(self.last_logits), self.opened)
 
 
+@contextmanager
+def capture_layer(decoder: nn.Module, index: int | None) -> Iterator[dict[str, torch.Tensor]]:
+    """Keep one entry of transformers' `hidden_states` (see `LatentLM._source_index`) from the
+    decoder's forward, by a hook on the module that produces it (None: nothing to capture)."""
+    captured: dict[str, torch.Tensor] = {}
+    if index is None:
+        yield captured
+        return
+    module = decoder.embed_tokens if index == 0 else decoder.layers[index - 1]
+
+    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        captured["states"] = output[0] if isinstance(output, tuple) else output
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
 class LatentLM(nn.Module):
     """Frozen base `M` plus trainable reasoner `G_phi`; only the reasoner gets gradients."""
 
@@ -75,6 +98,8 @@ class LatentLM(nn.Module):
         self.register_buffer("close_ids", self._ids(backbone.config.think_close), persistent=False)
         prefill = backbone.config.nothink_prefill or ""
         self.register_buffer("prefill_ids", self._ids(prefill), persistent=False)
+        if backbone.config.activation_checkpointing:
+            checkpointing.enable(self.base)
         self.eos_ids = backbone.eos_token_ids
 
     def _ids(self, text: str) -> torch.Tensor:
@@ -105,28 +130,41 @@ class LatentLM(nn.Module):
 
     @torch.no_grad()
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Prefix:
-        """One no-grad pass over the prompt: its KV cache and the reasoner's input states."""
-        source = self.reasoner.config.source_layer if self.reasoner is not None else -1
-        out = self.base(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=positions(attention_mask, 0),
-            past_key_values=DynamicCache(config=self.base.config),
-            use_cache=True,
-            output_hidden_states=self.reasoner is not None,
-            logits_to_keep=1,
-        )
+        """One no-grad pass over the prompt: its KV cache and the reasoner's input states.
+
+        Only the reasoner's source layer is kept (`output_hidden_states` would keep all of
+        them), and the LM head runs on the last position alone.
+        """
+        decoder = self.base.get_decoder()
+        cache = DynamicCache(config=self.base.config)
+        with capture_layer(decoder, self._source_index()) as captured:
+            out = decoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=positions(attention_mask, 0),
+                past_key_values=cache,
+                use_cache=True,
+            )
+        last = out.last_hidden_state
         if self.reasoner is not None:
-            hidden = out.hidden_states[source]
+            hidden = captured.get("states", last)
             # Padded positions can hold garbage; zero them so no NaN leaks through attention.
             hidden = torch.where(attention_mask.bool().unsqueeze(-1), hidden, 0.0)
         else:
             hidden = input_ids.new_zeros((input_ids.shape[0], 0))
         n = self.open_ids.numel()
         opened = input_ids.shape[1] >= n and bool((input_ids[:, -n:] == self.open_ids).all())
-        return Prefix(
-            out.past_key_values, attention_mask, hidden, out.logits[:, -1].float(), opened
-        )
+        logits = self.base.get_output_embeddings()(last[:, -1]).float()
+        return Prefix(cache, attention_mask, hidden, logits, opened)
+
+    def _source_index(self) -> int | None:
+        """Which of transformers' `hidden_states` the reasoner reads (0: the embeddings, i: the
+        output of layer i-1, the last: the final-normed output), or None for the last one."""
+        if self.reasoner is None:
+            return None
+        total = int(self.base.config.num_hidden_layers) + 1
+        index = self.reasoner.config.source_layer % total
+        return None if index == total - 1 else index
 
     def reason(self, prefix: Prefix) -> torch.Tensor:
         """Z = G_phi(H, mask): K latent vectors per question, one forward pass."""
@@ -226,13 +264,18 @@ class LatentLM(nn.Module):
         embeds = torch.cat([think, self.backbone.embed(answer_ids)], dim=1)
         suffix_mask = torch.cat([answer_mask.new_ones(b, think.shape[1]), answer_mask], dim=1)
         m = answer_ids.shape[1]
+        mask = torch.cat([prefix.mask, suffix_mask], dim=1)
+        hidden = self.base.get_decoder()(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions(mask, prefix.mask.shape[1]),
+            past_key_values=prefix.cache,
+            use_cache=True,
+        ).last_hidden_state
         # The answer token at suffix position t is predicted at position t-1, the first one by
-        # the close marker's last position: keep the last m+1 positions and drop the final one.
-        logits, _ = self._forward_suffix(prefix, embeds, suffix_mask, logits_to_keep=m + 1)
-        pred = logits[:, :m].float()
-        if temperature != 1.0:
-            pred = pred / temperature
-        logp = torch.log_softmax(pred, dim=-1).gather(-1, answer_ids.unsqueeze(-1)).squeeze(-1)
+        # the close marker's last position: the m positions before the final one.
+        head = self.base.get_output_embeddings()
+        logp = token_logprobs(head, hidden[:, -(m + 1) : -1], answer_ids, temperature)
         return logp * answer_mask
 
     def sft_loss(

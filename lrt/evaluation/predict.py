@@ -144,6 +144,98 @@ def decode(
     return answers
 
 
+def prompt_variant(lm: LatentLM, mode: str) -> tuple[str | None, bool]:
+    """(system line, thinking) of the prompt `mode` is asked in: modes with the same variant
+    share one encode of each question."""
+    config = lm.backbone.config
+    system = config.baseline_system_prompt if mode_of(mode).baseline else config.system_prompt
+    return system, parse_mode(mode)[0] != "direct"
+
+
+def predict_modes(
+    lm: LatentLM,
+    task: str,
+    records: Sequence[Record],
+    prompt: PromptConfig,
+    modes: Sequence[str],
+    settings: DecodeConfig,
+    batch_size: int = 16,
+    seed: int = 0,
+    on_batch: Callable[[list[Prediction]], None] | None = None,
+    samples: int = 1,
+    all_done: Callable[[bool], bool] | None = None,
+) -> dict[str, list[Prediction]]:
+    """Decode and grade `records` in every mode of `modes` (labels such as `cot@256`).
+
+    Questions are batched by prompt length (less padding), and each batch is encoded once per
+    prompt variant and decoded in every mode that shares it, from forks of one KV cache; a
+    mode's `batch_time_s` is that encode plus its own decoding, as if it had run alone.
+    With `samples` > 1 every question is answered that many times from one encode; set
+    `settings.temperature` > 0 or the samples coincide. A sample's randomness is a function
+    of (seed, question position, sample number) alone, whatever the batching.
+    """
+    if samples < 1:
+        raise ConfigError(f"samples={samples} must be at least 1")
+    variants: dict[tuple[str | None, bool], list[str]] = {}
+    for mode in modes:
+        variants.setdefault(prompt_variant(lm, mode), []).append(mode)
+    texts = {v: [format_prompt(lm.tokenizer, r, prompt, *v) for r in records] for v in variants}
+    first = texts[next(iter(variants))] if variants else []
+    lengths = [len(ids) for ids in lm.tokenizer(first, add_special_tokens=False).input_ids]
+    order = sorted(range(len(records)), key=lambda i: lengths[i])
+    stream = sampling.key(seed)
+    out: dict[str, list[Prediction | None]] = {m: [None] * len(records) * samples for m in modes}
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        rows = torch.tensor(
+            [i * samples + s for i in index for s in range(samples)], device=lm.device
+        )
+        for variant, members in variants.items():
+            t0 = time.perf_counter()
+            prefix = lm.encode(*lm.tokenize_prompts([texts[variant][i] for i in index]))
+            prompt_lengths = prefix.mask.sum(1).repeat_interleave(samples).tolist()
+            if samples > 1:
+                prefix = prefix.fork(samples)
+            encoded = time.perf_counter() - t0
+            for mode in members:
+                t1 = time.perf_counter()
+                base_mode, budget = parse_mode(mode)
+                mode_settings = settings if budget is None else replace(settings, budget=budget)
+                noise = RowNoise(stream, rows)
+                answers = decode(lm, prefix, base_mode, mode_settings, noise, all_done)
+                batch_time = encoded + time.perf_counter() - t1
+                preds = [
+                    Prediction(
+                        id=records[i].id,
+                        mode=mode,
+                        text=a.text,
+                        extracted=extract(task, a.text),
+                        correct=grade(task, a.text, records[i]),
+                        tokens=a.tokens,
+                        positions=int(n_prompt) + a.after_prompt,
+                        after_prompt=a.after_prompt,
+                        batch_time_s=batch_time,
+                        time_per_question_s=batch_time / len(index),
+                        ttft_s=encoded + a.first_token_at - t1,
+                        truncated=a.truncated,
+                        confidence=a.confidence,
+                        sample=s,
+                        route=a.route,
+                    )
+                    for (i, s), a, n_prompt in zip(
+                        [(i, s) for i in index for s in range(samples)],
+                        answers,
+                        prompt_lengths,
+                        strict=True,
+                    )
+                ]
+                for p, row in zip(preds, rows.tolist(), strict=True):
+                    out[mode][row] = p
+                if on_batch is not None:
+                    on_batch(preds)
+    return {m: [p for p in preds if p is not None] for m, preds in out.items()}
+
+
 def predict(
     lm: LatentLM,
     task: str,
@@ -157,60 +249,11 @@ def predict(
     samples: int = 1,
     all_done: Callable[[bool], bool] | None = None,
 ) -> list[Prediction]:
-    """Decode and grade `records` in `mode` (a label such as `cot@256`), batched.
-
-    With `samples` > 1 every question is answered that many times from one prompt encode (the
-    cache is repeated, not recomputed); set `settings.temperature` > 0 or the samples coincide.
-    A sample's randomness is a function of (seed, question position, sample number) alone,
-    so it does not depend on the batch size or on what ran before.
-    """
-    base_mode, budget = parse_mode(mode)
-    if budget is not None:
-        settings = replace(settings, budget=budget)
-    if samples < 1:
-        raise ConfigError(f"samples={samples} must be at least 1")
-    kind = mode_of(mode)
-    config = lm.backbone.config
-    system = config.baseline_system_prompt if kind.baseline else config.system_prompt
-    thinking = base_mode != "direct"
-    stream = sampling.key(seed)
-    out: list[Prediction] = []
-    for start in range(0, len(records), batch_size):
-        batch = records[start : start + batch_size]
-        t0 = time.perf_counter()
-        prompts = [format_prompt(lm.tokenizer, r, prompt, system, thinking) for r in batch]
-        prefix = lm.encode(*lm.tokenize_prompts(prompts))
-        prompt_lengths = prefix.mask.sum(1).repeat_interleave(samples).tolist()
-        if samples > 1:
-            prefix = prefix.fork(samples)
-        rows = torch.arange(start * samples, (start + len(batch)) * samples, device=lm.device)
-        answers = decode(lm, prefix, base_mode, settings, RowNoise(stream, rows), all_done)
-        batch_time = time.perf_counter() - t0
-        keys = [(r, s) for r in batch for s in range(samples)]
-        preds = [
-            Prediction(
-                id=r.id,
-                mode=mode,
-                text=a.text,
-                extracted=extract(task, a.text),
-                correct=grade(task, a.text, r),
-                tokens=a.tokens,
-                positions=int(n_prompt) + a.after_prompt,
-                after_prompt=a.after_prompt,
-                batch_time_s=batch_time,
-                time_per_question_s=batch_time / len(batch),
-                ttft_s=a.first_token_at - t0,
-                truncated=a.truncated,
-                confidence=a.confidence,
-                sample=s,
-                route=a.route,
-            )
-            for (r, s), a, n_prompt in zip(keys, answers, prompt_lengths, strict=True)
-        ]
-        out.extend(preds)
-        if on_batch is not None:
-            on_batch(preds)
-    return out
+    """`predict_modes` for one mode: the records in their order, each answered `samples`
+    times."""
+    return predict_modes(
+        lm, task, records, prompt, [mode], settings, batch_size, seed, on_batch, samples, all_done
+    )[mode]
 
 
 def mode_rows(
@@ -235,9 +278,11 @@ def mode_rows(
     rank, size = world()
     mine, real = padded_shard(records, rank, size)
     rows, by_mode = [], []
+    answered = predict_modes(
+        lm, task, mine, prompt, modes, settings, batch_size, seed, all_done=all_done
+    )
     for mode in modes:
-        preds = predict(lm, task, mine, prompt, mode, settings, batch_size, seed, all_done=all_done)
-        preds = [p for part in gather_objects(preds[:real]) for p in part]
+        preds = [p for part in gather_objects(answered[mode][:real]) for p in part]
         rows.append({"task": task, "mode": mode, **summarize(preds)})
         by_mode.append(preds)
     compare_to_best_baseline(rows, by_mode, seed)

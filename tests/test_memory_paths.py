@@ -1,0 +1,100 @@
+"""The paths that make paper-scale shapes fit: chunked chosen-token log-probs, activation
+checkpointing through the frozen base on a KV cache, single-layer encodes, the attention
+kernel passing through. Each must leave today's numbers unchanged."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lrt.backbone import Backbone, load_backbone
+from lrt.errors import ConfigError
+from lrt.latent_lm import LatentLM
+from lrt.logprobs import token_logprobs
+from lrt.reasoner import build_reasoner
+
+PROMPTS = [
+    "<|im_start|>user\nStart with 4. Add 13.<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nWhat is 7?<|im_end|>\n<|im_start|>assistant\n",
+]
+ANSWERS = ["The answer is 17.", "7"]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_logprobs_equal_the_full_log_softmax(temperature: float) -> None:
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden = torch.randn(3, 11, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 11))
+    full = torch.log_softmax(head(hidden) / temperature, -1).gather(-1, targets[..., None])
+    full = full.squeeze(-1)
+    (g_full,) = torch.autograd.grad(full.sum(), hidden)
+    chunked = token_logprobs(head, hidden, targets, temperature, chunk=4)
+    (g_chunked,) = torch.autograd.grad(chunked.sum(), hidden)
+    torch.testing.assert_close(chunked, full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(g_chunked, g_full, atol=1e-5, rtol=0)
+
+
+def lm_for(backbone: Backbone, **config) -> LatentLM:
+    torch.manual_seed(0)
+    reasoner = build_reasoner(
+        {"num_latents": 3, "width": 32, "depth": 1, "heads": 4, **config},
+        backbone.name,
+        backbone.hidden_size,
+        backbone.embedding_rms(),
+    )
+    return LatentLM(backbone, reasoner)
+
+
+def reasoner_grads(lm: LatentLM, loss) -> list[torch.Tensor]:
+    return torch.autograd.grad(loss, list(lm.reasoner.parameters()), allow_unused=True)
+
+
+def test_activation_checkpointing_leaves_the_gradients_unchanged(tiny_backbone: Backbone) -> None:
+    """SFT's loss and the answer log-probs GRPO back-propagates (through the base into Z, on
+    the prompt's cache) have the same gradients with the base's layers recomputed."""
+    plain = lm_for(tiny_backbone)
+    config = replace(tiny_backbone.config, activation_checkpointing=True)
+    copied = load_backbone(config)  # a second copy of the same weights, checkpointed
+    checkpointed = LatentLM(copied, plain.reasoner)
+    ids, mask = plain.tokenize_prompts(PROMPTS)
+    ans, ans_mask = plain.tokenize_answers(ANSWERS)
+    for lm_a, lm_b in [(plain, checkpointed)]:
+        a = reasoner_grads(lm_a, lm_a.sft_loss(ids, mask, ans, ans_mask))
+        b = reasoner_grads(lm_b, lm_b.sft_loss(ids, mask, ans, ans_mask))
+        for x, y in zip(a, b, strict=True):
+            torch.testing.assert_close(y, x, atol=1e-5, rtol=0)
+        prefix = lm_a.encode(ids, mask)
+        z = lm_a.reason(prefix).repeat_interleave(2, 0).detach().requires_grad_()
+        rows = (ans.repeat_interleave(2, 0), ans_mask.repeat_interleave(2, 0))
+        la = lm_a.answer_logprobs(prefix.fork(2), z, *rows, temperature=0.8)
+        lb = lm_b.answer_logprobs(lm_b.encode(ids, mask).fork(2), z, *rows, temperature=0.8)
+        torch.testing.assert_close(lb, la, atol=1e-5, rtol=0)
+        (ga,) = torch.autograd.grad(la.sum(), z)
+        (gb,) = torch.autograd.grad(lb.sum(), z)
+        torch.testing.assert_close(gb, ga, atol=1e-5, rtol=0)
+        assert ga.abs().sum() > 0
+
+
+@pytest.mark.parametrize("source_layer", [0, 1, -1, -2])
+def test_encode_keeps_the_source_layer_as_output_hidden_states_would(
+    tiny_backbone: Backbone, source_layer: int
+) -> None:
+    lm = lm_for(tiny_backbone, source_layer=source_layer)
+    ids, mask = lm.tokenize_prompts(PROMPTS)
+    prefix = lm.encode(ids, mask)
+    with torch.no_grad():
+        out = lm.base(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    want = torch.where(mask.bool()[..., None], out.hidden_states[source_layer], 0.0)
+    torch.testing.assert_close(prefix.hidden, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(prefix.last_logits, out.logits[:, -1].float(), atol=1e-5, rtol=0)
+
+
+def test_attention_implementation_passes_through(tiny_backbone: Backbone) -> None:
+    eager = load_backbone(replace(tiny_backbone.config, attn_implementation="eager"))
+    assert eager.model.config._attn_implementation == "eager"
+    assert tiny_backbone.model.config._attn_implementation == "sdpa"
+    with pytest.raises(ConfigError, match="flash_attention_2' needs the flash-attn package"):
+        replace(tiny_backbone.config, attn_implementation="flash_attention_2")
