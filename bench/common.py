@@ -8,6 +8,7 @@ import platform
 import resource
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,10 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def load(model: str, device: str) -> Backbone:
+def load(model: str, device: str, **settings: Any) -> Backbone:
+    """The conf/model/<model>.yaml base on `device`, with `settings` overriding its keys."""
     cfg = backbone_config(OmegaConf.load(ROOT / "conf" / "model" / f"{model}.yaml"))
+    cfg = replace(cfg, **settings)
     if device == "cpu" and cfg.dtype != "float32":
         cfg.dtype = "float32"  # bf16 matmuls are slow or missing on many CPUs
     backbone = load_backbone(cfg)

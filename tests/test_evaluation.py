@@ -162,14 +162,14 @@ def test_summarize_averages_pass_at_k_over_questions() -> None:
     preds = [pred("a", s, s == 0, 10) for s in range(4)] + [
         pred("b", s, False, 2) for s in range(4)
     ]
-    m = summarize(preds, ks=[1, 2, 4], wall_s=4.0)
+    m = summarize(preds, ks=[1, 2, 4])
     assert (m["questions"], m["samples"]) == (2, 4)
     assert m["accuracy"] == pytest.approx(1 / 8)  # pass@1 averaged over every sample
     assert m["pass@1"] == pytest.approx(1 / 8)
     assert m["pass@2"] == pytest.approx((1 - math.comb(3, 2) / math.comb(4, 2)) / 2)
     assert m["pass@4"] == pytest.approx(0.5)
     assert (m["mean_tokens"], m["p50_tokens"]) == (6.0, 6.0)
-    assert (m["time_per_question_s"], m["questions_per_s"]) == (0.5, 0.5)
+    assert (m["time_per_question_s"], m["questions_per_s"]) == (0.5, 2.0)
     assert m["routed_lrt"] is None and m["routed_cot"] is None
 
 

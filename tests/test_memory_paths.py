@@ -10,9 +10,13 @@ import pytest
 import torch
 
 from lrt.backbone import Backbone, load_backbone
+from lrt.data.prompts import PromptConfig
+from lrt.data.tasks import load_task
 from lrt.errors import ConfigError
+from lrt.evaluation.predict import predict, predict_modes
 from lrt.latent_lm import LatentLM
 from lrt.logprobs import token_logprobs
+from lrt.modes import DecodeConfig
 from lrt.reasoner import build_reasoner
 
 PROMPTS = [
@@ -98,3 +102,25 @@ def test_attention_implementation_passes_through(tiny_backbone: Backbone) -> Non
     assert tiny_backbone.model.config._attn_implementation == "sdpa"
     with pytest.raises(ConfigError, match="flash_attention_2' needs the flash-attn package"):
         replace(tiny_backbone.config, attn_implementation="flash_attention_2")
+
+
+def test_modes_share_one_encode_per_prompt_and_answer_as_if_alone(
+    tiny_lm: LatentLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`lrt`, `nothink` and `cot@4` ask the same prompt here (tiny_random has no system line
+    of its own), so each length bucket is encoded once for all three, and each mode's answers
+    are those it gives when decoded on its own, in the records' order."""
+    records = load_task("arith", "test", limit=6)
+    settings = DecodeConfig(max_answer_tokens=4)
+    modes = ["lrt", "nothink", "cot@4"]
+    alone = {m: predict(tiny_lm, "arith", records, PromptConfig(), m, settings, 4) for m in modes}
+    encodes: list[int] = []
+    real_encode = tiny_lm.encode
+    monkeypatch.setattr(
+        tiny_lm, "encode", lambda *a, **k: encodes.append(1) or real_encode(*a, **k)
+    )
+    shared = predict_modes(tiny_lm, "arith", records, PromptConfig(), modes, settings, 4)
+    assert len(encodes) == 2  # 6 questions in batches of 4: two buckets, one encode each
+    for mode in modes:
+        assert [p.id for p in shared[mode]] == [r.id for r in records]
+        assert [p.text for p in shared[mode]] == [p.text for p in alone[mode]]

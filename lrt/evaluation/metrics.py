@@ -40,17 +40,15 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else 0.0
 
 
-def summarize(
-    predictions: Sequence[Prediction], ks: Sequence[int] = (), wall_s: float | None = None
-) -> dict[str, Any]:
+def summarize(predictions: Sequence[Prediction], ks: Sequence[int] = ()) -> dict[str, Any]:
     """Metrics of one (checkpoint, task, mode): every key is present, None where undefined.
 
     `accuracy` is pass@1 averaged over all samples (greedy: one sample per question).
     `mean_positions` counts what the base processed per answer (prompt, thinking-span inputs
     with the K latents, decoded tokens), the prefill cost `mean_tokens` leaves out.
     `time_per_question_s` is batch time over the batch's questions (the amortised cost),
-    `batch_latency_s` the time an answer took to arrive. `questions_per_s` is questions over
-    `wall_s` (grading included) when given, else derived from the time per question.
+    `batch_latency_s` the time an answer took to arrive, `questions_per_s` the throughput at
+    the batch size (modes decoded from one shared encode each pay for it, as if run alone).
     """
     per_question: dict[str, list[bool]] = {}
     for p in predictions:
@@ -77,7 +75,7 @@ def summarize(
         "time_per_question_s": per_q,
         "batch_latency_s": _mean([p.batch_time_s for p in predictions]),
         "ttft_s": _mean([p.ttft_s for p in predictions]),
-        "questions_per_s": questions / wall_s if wall_s else (1.0 / per_q if per_q > 0 else 0.0),
+        "questions_per_s": 1.0 / per_q if per_q > 0 else 0.0,
         "truncated": sum(p.truncated for p in predictions),
         "routed_lrt": routes.count("lrt") / len(routes) if routes else None,
         "routed_cot": routes.count("cot") / len(routes) if routes else None,
