@@ -64,6 +64,9 @@ class DecodeConfig:
     force_answer: str = "The answer is"
     temperature: float = 0.0
     top_p: float = 1.0
+    latent_noise: float = 0.0
+    """`lrt` (and `hybrid`'s latent attempt) with Gaussian noise on the latents, sigma this
+    ratio of the embedding RMS: what latent-space GRPO samples, so it can be measured."""
     hybrid_threshold: float = -0.5
     """`hybrid` re-does with `cot` the questions whose `lrt` answer has a mean token log-prob
     below this (-0.5: a geometric-mean token probability of about 0.6)."""

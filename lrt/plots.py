@@ -125,3 +125,37 @@ def sweep_plot(rows: Sequence[Row], keys: Sequence[str], path: Path) -> Path:
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     return _save(fig, path)
+
+
+def grpo_curves(rows: Sequence[Row], path: Path) -> Path:
+    """GRPO's training signal against steps: mean reward, the share of informative groups
+    (rewards not all equal: the only groups with a gradient) and validation accuracy.
+
+    `rows` are `metrics.csv` rows; the informative share is dynamic sampling's
+    `train/pool/informative_share` when logged, else `1 - train/frac_zero_std`.
+    """
+
+    def series(key: str, value=float) -> tuple[list[float], list[float]]:
+        points = [(float(r["step"]), value(r[key])) for r in rows if r.get(key) not in (None, "")]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    pool = any(r.get("train/pool/informative_share") not in (None, "") for r in rows)
+    informative = (
+        series("train/pool/informative_share")
+        if pool
+        else series("train/frac_zero_std", lambda v: 1 - float(v))
+    )
+    panels = [
+        ("mean reward", series("train/reward_mean")),
+        ("informative groups" + (" (of candidates)" if pool else ""), informative),
+        ("validation accuracy", series("val/accuracy")),
+    ]
+    fig = Figure(figsize=(12, 3.4))
+    for i, (title, (steps, values)) in enumerate(panels):
+        ax: Axes = fig.add_subplot(1, 3, i + 1)
+        ax.plot(steps, values, marker="o" if len(steps) < 30 else None, lw=1.2)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -72,6 +72,10 @@ def gaussian(seed_key: int, shape: tuple[int, ...], device: torch.device) -> tor
     return torch.randn(shape, generator=generator, device=device)
 
 
+LATENT_TAG = 1
+"""Key-path tag of per-row latent noise, apart from the answer tokens' uniforms."""
+
+
 @dataclass
 class RowNoise:
     """Where the sampled tokens of one batch of rows get their randomness.
@@ -86,6 +90,15 @@ class RowNoise:
 
     def uniform(self, step: int) -> torch.Tensor:
         return uniform(self.stream, self.rows, step)
+
+    def gaussian(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """Standard normal noise of `shape` per row, [rows, *shape], keyed by the row alone."""
+        return torch.stack(
+            [
+                gaussian(key(self.stream, LATENT_TAG, row), shape, device)
+                for row in self.rows.tolist()
+            ]
+        )
 
     def select(self, index: torch.Tensor) -> RowNoise:
         return RowNoise(self.stream, self.rows[index.to(self.rows.device)])

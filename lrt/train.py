@@ -12,6 +12,7 @@ A run killed at any point and resumed with `python train.py resume=<run folder>`
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import shutil
@@ -36,6 +37,7 @@ from lrt.evaluation.predict import mode_rows
 from lrt.latent_lm import LatentLM
 from lrt.loggers import build_loggers
 from lrt.modes import DecodeConfig, parse_mode
+from lrt.plots import grpo_curves
 from lrt.reasoner import Reasoner, build_reasoner, load_reasoner
 from lrt.report import held_out_rows, print_table
 from lrt.stages import get_stage
@@ -284,6 +286,18 @@ def train_reasoner(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Pat
             f"{stopper.received.name} after the last step; for the final evaluation run: "
             f"{resume_command(run_dir)}",
         )
+    if trainer.is_global_zero and config.stage.name == "grpo":
+        plot_grpo_curves(run_dir)
     if config.final_eval.enabled:
         final_comparison(config, module, data, run_dir, trainer.is_global_zero)
     return run_dir
+
+
+def plot_grpo_curves(run_dir: Path) -> None:
+    """`<run>/grpo_curves.png` from the CSV log (other loggers keep their own curves)."""
+    log = run_dir / "logs" / "metrics.csv"
+    if not log.is_file():
+        return
+    with log.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    print(f"GRPO curves: {grpo_curves(rows, run_dir / 'grpo_curves.png')}")

@@ -149,10 +149,24 @@ def test_two_rank_sft_ends_with_the_single_process_weights(
     assert (multi / "reasoner" / "best" / "model.safetensors").is_file()
 
 
+POOL = [
+    "stage.dynamic_sampling.enabled=true",
+    "stage.dynamic_sampling.round_size=3",
+    "stage.dynamic_sampling.max_rounds=2",
+    "stage.difficulty.enabled=true",
+    "stage.difficulty.patience=1",
+]
+"""Dynamic sampling and difficulty order: rounds, filtering and pass rates decided globally."""
+
+
 @pytest.mark.slow
-def test_two_rank_grpo_ends_with_the_single_process_weights(tmp_path: Path, run_script) -> None:
+@pytest.mark.parametrize("pool", [[], POOL], ids=["plain", "dynamic_sampling"])
+def test_two_rank_grpo_ends_with_the_single_process_weights(
+    tmp_path: Path, run_script, pool: list[str]
+) -> None:
     """Latent GRPO on 2 ranks: each question's noise is keyed by its slot in the global
-    batch, so the ranks draw what one process draws, and the loss is the global mean."""
+    batch, so the ranks draw what one process draws, and the loss is the global mean; with
+    dynamic sampling, each round's outcomes are gathered so every rank keeps the same groups."""
     grpo = [
         *TINY,
         "stage=grpo",
@@ -164,6 +178,7 @@ def test_two_rank_grpo_ends_with_the_single_process_weights(tmp_path: Path, run_
         "stage.optim.lr=1e-2",
         "data.train.limit=12",
         "final_eval.enabled=false",
+        *pool,
     ]
     single, multi, start = run_pair(tmp_path, run_script, grpo, ["trainer=ddp"])
     assert_same_weights(multi, single, start)

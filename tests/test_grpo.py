@@ -528,6 +528,7 @@ def test_train_grpo_two_steps(tmp_path: Path) -> None:
     header = (run_dir / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
     for name in ("reward_mean", "frac_zero_std", "kl", "sigma", "clip_frac", "loss"):
         assert f"train/{name}" in header
+    assert (run_dir / "grpo_curves.png").stat().st_size > 0
 
 
 def test_rollouts_decode_from_the_dropout_free_means(backbone: Backbone) -> None:

@@ -216,15 +216,25 @@ def test_sft_resumes_exactly_after_torn_write_sigkill_and_sigterm(
     assert_same_run(run, straight)
 
 
+POOL = [
+    "stage.dynamic_sampling.enabled=true",
+    "stage.dynamic_sampling.max_rounds=2",
+    "stage.difficulty.enabled=true",
+    "stage.difficulty.patience=1",  # questions cool down, so the pass-rate state matters
+    "stage.difficulty.cooldown_steps=2",
+]
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("pool", [[], POOL], ids=["plain", "dynamic_sampling"])
 def test_grpo_resumes_exactly_after_sigkill(
-    tmp_path: Path, compose_train: Callable[..., DictConfig]
+    tmp_path: Path, compose_train: Callable[..., DictConfig], pool: list[str]
 ) -> None:
     init = tmp_path / "init"
     build_reasoner(
         {"num_latents": 4, "width": 32, "depth": 1, "heads": 4}, "tiny-random-qwen3", 64, 0.5
     ).save_pretrained(init)
-    overrides = [*GRPO, f"init_from={init}"]
+    overrides = [*GRPO, f"init_from={init}", *pool]
     straight, run = tmp_path / "straight", tmp_path / "run"
     assert interrupt(overrides, run, signal.SIGKILL, at_step=2) == -signal.SIGKILL
     killed_at = ckpt_step(run)

@@ -139,6 +139,17 @@ class LRTDataModule(L.LightningDataModule):
             self.train_set, batch_sampler=sampler, collate_fn=Collator(self.tokenizer)
         )
 
+    def pool(self, step: int, size: int) -> list[int]:
+        """`size` candidate questions for `step` (GRPO's dynamic sampling and difficulty
+        selection), a pure function of (seed, step) like the plain batches."""
+        assert self.train_set is not None
+        return StepBatchSampler(len(self.train_set), size, self.seed, step, step + 1).batch(step)
+
+    def collate_keys(self, keys: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """The batch of `(record index, slot)` keys, as the training loader would give it."""
+        assert self.train_set is not None
+        return Collator(self.tokenizer)([self.train_set[k] for k in keys])
+
     def val_dataloader(self) -> DataLoader:
         """Rank r's shard of the validation split; the stage sums the counts over ranks."""
         assert self.val_set is not None

@@ -111,9 +111,15 @@ def decode(
     """Generate every row of `prefix` in `mode`; hybrid gates `lrt` answers into `cot`."""
 
     def run(p: Prefix, m: str, rows: RowNoise, route: str | None = None) -> list[_Answer]:
+        latents = None
+        if m == "lrt" and settings.latent_noise > 0:
+            mu = lm.reason(p)
+            sigma = settings.latent_noise * lm.backbone.embedding_rms()
+            latents = mu + sigma * rows.gaussian(tuple(mu.shape[1:]), mu.device).to(mu.dtype)
         gen = lm.generate(
             p,
             m,
+            latents=latents,
             max_answer_tokens=settings.max_answer_tokens,
             budget=settings.budget,
             force_answer=settings.force_answer,

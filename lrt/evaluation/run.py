@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import lrt
 from lrt.backbone import backbone_config, load_backbone
 from lrt.data.loading import load_split
-from lrt.data.prompts import PromptConfig
-from lrt.data.records import Record
 from lrt.data.settings import DataConfig
 from lrt.errors import ConfigError
 from lrt.evaluation.discovery import (
@@ -41,9 +37,8 @@ from lrt.evaluation.discovery import (
     swept_keys,
     take_recorded_model,
 )
+from lrt.evaluation.jobs import EvalTask, run_jobs
 from lrt.evaluation.methods import METHODS, loader
-from lrt.evaluation.metrics import compare_to_best_baseline, summarize
-from lrt.evaluation.predict import Prediction, predict
 from lrt.latent_lm import LatentLM
 from lrt.loggers import build_loggers
 from lrt.modes import DecodeConfig, mode_labels, mode_of, needs_reasoner, of_base
@@ -57,18 +52,6 @@ log = logging.getLogger("lrt.evaluate")
 def check_path(key: str, value: str | None) -> None:
     if value is not None and not Path(value).exists():
         raise ConfigError(f"{key}={value} does not exist")
-
-
-@dataclass
-class EvalTask:
-    """One task to evaluate: its label (the data config name), grader name and test records."""
-
-    name: str
-    task: str
-    records: list[Record]
-    prompt: PromptConfig
-    max_answer_tokens: int
-    """The task's answer budget (`data.max_answer_tokens`), or evaluate's override."""
 
 
 def validate_evaluate(cfg: DictConfig) -> list[str]:
@@ -96,9 +79,14 @@ def validate_evaluate(cfg: DictConfig) -> list[str]:
     pk = cfg.pass_at_k
     if int(pk.n) < 0:
         raise ConfigError(f"pass_at_k.n={pk.n} must be 0 (greedy only) or positive")
+    if float(pk.latent_noise) < 0:
+        raise ConfigError(f"pass_at_k.latent_noise={pk.latent_noise} must be >= 0")
     if int(pk.n) > 0:
-        if float(pk.temperature) <= 0:
-            raise ConfigError(f"pass_at_k.temperature={pk.temperature} must be > 0 to sample")
+        if float(pk.temperature) <= 0 and float(pk.latent_noise) == 0:
+            raise ConfigError(
+                f"pass_at_k.temperature={pk.temperature} must be > 0 to sample (or "
+                "pass_at_k.latent_noise > 0, which samples the latents)"
+            )
         for k in pk.k:
             if not 0 < int(k) <= int(pk.n):
                 raise ConfigError(f"pass_at_k.k={k} must be between 1 and pass_at_k.n={pk.n}")
@@ -220,89 +208,6 @@ def _log_to_loggers(
         logger.finalize("success")
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("acc {task.fields[acc]:.3f}"),
-        TimeElapsedColumn(),
-    )
-
-
-def _warm_up(jobs: Sequence[tuple[Checkpoint, str]], task: EvalTask, decode: DecodeConfig) -> None:
-    """Decode one question per model untimed, so one-off start-up costs (kernel selection, CUDA
-    context, allocator growth) do not land in the latency of whichever job comes first."""
-    short = replace(decode, max_answer_tokens=1, budget=1)
-    warmed: set[int] = set()
-    for ckpt, mode in jobs:
-        if id(ckpt.lm) not in warmed:
-            predict(ckpt.lm, task.task, task.records[:1], task.prompt, mode, short)
-            warmed.add(id(ckpt.lm))
-
-
-def run_jobs(
-    jobs: Sequence[tuple[Checkpoint, str]],
-    tasks: Sequence[EvalTask],
-    decode: DecodeConfig,
-    predictions: Path,
-    batch_size: int,
-    seed: int,
-    samples: int = 1,
-    ks: Sequence[int] = (),
-) -> list[dict[str, Any]]:
-    """Every (task, checkpoint, mode): predictions appended to `predictions`, one metrics row each.
-
-    A progress bar per job shows the running accuracy.
-    """
-    _warm_up(jobs, tasks[0], decode)
-    rows: list[dict[str, Any]] = []
-    kept: list[list[Prediction]] = []
-    with predictions.open("w") as jsonl, _progress() as progress:
-        for task in tasks:
-            for ckpt, mode in jobs:
-                bar = progress.add_task(
-                    f"{ckpt.label} · {task.name} · {mode}",
-                    total=len(task.records) * samples,
-                    acc=0.0,
-                )
-                seen: list[bool] = []
-
-                def on_batch(batch: list[Prediction], bar: Any = bar, seen: list = seen) -> None:
-                    seen.extend(p.correct for p in batch)
-                    progress.update(bar, advance=len(batch), acc=sum(seen) / len(seen))
-
-                t0 = time.perf_counter()
-                preds = predict(
-                    ckpt.lm,
-                    task.task,
-                    task.records,
-                    task.prompt,
-                    mode,
-                    replace(decode, max_answer_tokens=task.max_answer_tokens),
-                    batch_size=batch_size,
-                    seed=seed,
-                    on_batch=on_batch,
-                    samples=samples,
-                )
-                wall = time.perf_counter() - t0
-                for p in preds:
-                    row = {"checkpoint": ckpt.label, "task": task.name, **p.to_dict()}
-                    jsonl.write(json.dumps(row) + "\n")
-                rows.append(
-                    {
-                        "checkpoint": ckpt.label,
-                        "checkpoint_path": str(ckpt.path) if ckpt.path else None,
-                        "task": task.name,
-                        "mode": mode,
-                        **summarize(preds, ks, wall),
-                    }
-                )
-                kept.append(preds)
-    compare_to_best_baseline(rows, kept, seed)
-    return rows
-
-
 def evaluate(cfg: DictConfig) -> Path:
     """Run an `evaluate.yaml` composition and write its results folder; returns the folder.
 
@@ -351,6 +256,7 @@ def evaluate(cfg: DictConfig) -> Path:
         force_answer=str(cfg.force_answer),
         temperature=float(pk.temperature) if sampling else 0.0,
         top_p=float(pk.top_p) if sampling else 1.0,
+        latent_noise=float(pk.latent_noise) if sampling else 0.0,
         hybrid_threshold=float(cfg.hybrid.threshold),
     )
     samples = max(int(pk.n), 1)
@@ -367,7 +273,8 @@ def evaluate(cfg: DictConfig) -> Path:
     )
 
     decoding = (
-        f"{samples} samples/question, T={decode.temperature}, top-p={decode.top_p}"
+        f"{samples} samples/question, T={decode.temperature}, top-p={decode.top_p}, "
+        f"latent noise {decode.latent_noise} x embedding RMS"
         if sampling
         else "greedy"
     )

@@ -32,14 +32,11 @@ draws `max_steps / num_iterations` batches of rollouts.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 
 from lrt.data.collate import pad_token_rows
@@ -48,12 +45,13 @@ from lrt.errors import CheckpointError
 from lrt.grading import extract, grade
 from lrt.latent_lm import LatentLM, Prefix
 from lrt.training.base import StageModule
+from lrt.training.difficulty import PassRates
 from lrt.training.grpo_loss import group_advantages, loss_units, policy_loss_sum, zero_std_groups
 from lrt.training.policies import AnswerTokenPolicy, LatentGaussianPolicy, Terms
+from lrt.training.pool import pool_rollouts
 from lrt.training.rollout import Rollout
+from lrt.training.samples import log_samples
 from lrt.training.settings import GRPOSettings
-
-SAMPLE_ROWS = 8
 
 
 class GRPOModule(StageModule):
@@ -74,8 +72,10 @@ class GRPOModule(StageModule):
             copy.deepcopy(self.reasoner).requires_grad_(False) if settings.beta > 0 else None
         )
         g = settings.num_generations
+        self._pass_rates: PassRates | None = None
+        self._pass_rate_state: dict[str, torch.Tensor] | None = None
         self.latent_policy = (
-            LatentGaussianPolicy(self.sigma, self.sigma_init, seed, g)
+            LatentGaussianPolicy(self.sigma, self.sigma_init, seed, g, settings.latent_logprob)
             if settings.samples_latents
             else None
         )
@@ -94,6 +94,19 @@ class GRPOModule(StageModule):
         if self.ref_reasoner is not None:
             self.ref_reasoner.eval()
         return self
+
+    @property
+    def pass_rates(self) -> PassRates | None:
+        """Difficulty-aware selection's state (built on first use: it needs the training set's
+        size; a resumed run's saved state is loaded into it then)."""
+        if not self.settings.difficulty.enabled:
+            return None
+        if self._pass_rates is None:
+            n = len(self.trainer.datamodule.train_records)
+            self._pass_rates = PassRates(n, self.settings.difficulty)
+            if self._pass_rate_state is not None:
+                self._pass_rates.load_state_dict(self._pass_rate_state)
+        return self._pass_rates
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         extra = [self.log_sigma] if self.log_sigma is not None else []
@@ -294,16 +307,20 @@ class GRPOModule(StageModule):
         started = time.perf_counter()
         records = self.trainer.datamodule.train_records
         first_step = self.global_step
-        rollouts = [
-            self.rollout(
-                batch["input_ids"][c],
-                batch["attention_mask"][c],
-                [records[i] for i in batch["index"][c].tolist()],
-                slots=batch["slot"][c],
-                step=first_step,
-            )
-            for c in self._chunks(batch)
-        ]
+        pool: dict[str, float] = {}
+        if s.uses_pool:  # the loader's batch only paces the steps; the pool picks the questions
+            rollouts, pool = pool_rollouts(self, first_step)
+        else:
+            rollouts = [
+                self.rollout(
+                    batch["input_ids"][c],
+                    batch["attention_mask"][c],
+                    [records[i] for i in batch["index"][c].tolist()],
+                    slots=batch["slot"][c],
+                    step=first_step,
+                )
+                for c in self._chunks(batch)
+            ]
         units = self.all_sum(sum(float(self.loss_units(r)) for r in rollouts))
         totals: dict[str, float] = {}
 
@@ -331,6 +348,7 @@ class GRPOModule(StageModule):
             "lr": self.lr_schedulers().get_last_lr()[0],
             "step_time_s": time.perf_counter() - started,
             **totals,
+            **pool,
         }
         if s.samples_latents:
             metrics["sigma"] = self.sigma().detach()
@@ -341,31 +359,7 @@ class GRPOModule(StageModule):
         every = s.log_samples_every_n_steps
         # The batch covers steps [first_step, global_step): log if one of them is a multiple.
         if every and -(-first_step // every) * every < self.global_step:
-            self._log_samples(rollouts[0], first_step)
-
-    def _log_samples(self, rollout: Rollout, step: int) -> None:
-        """A few (question, answer, reward) rows: a wandb Table, else `<run>/samples.jsonl`."""
-        if not self.trainer.is_global_zero:
-            return
-        columns = ["step", "question", "answer", "gold", "reward"]
-        rows = [
-            [step, record.question, text, record.answer, float(reward)]
-            for record, text, reward in zip(
-                rollout.records[:SAMPLE_ROWS],
-                rollout.generation.texts,
-                rollout.rewards.tolist(),
-                strict=False,
-            )
-        ]
-        wandb = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
-        for logger in wandb:
-            logger.log_table(key="train/samples", columns=columns, data=rows, step=step)
-        if not wandb:
-            path = Path(self.trainer.default_root_dir) / "samples.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a") as f:
-                for row in rows:
-                    f.write(json.dumps(dict(zip(columns, row, strict=True))) + "\n")
+            log_samples(self, rollouts[0], first_step)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Checkpoints from before the noise was keyed by step held a generator state instead.
@@ -375,4 +369,10 @@ class GRPOModule(StageModule):
                 "checkpoint has no GRPO state: resume GRPO from a GRPO checkpoint, and start "
                 "from an SFT one with init_from=<checkpoint>"
             )
+        self._pass_rate_state = checkpoint.get("grpo_pass_rates")
         super().on_load_checkpoint(checkpoint)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.pass_rates is not None:
+            checkpoint["grpo_pass_rates"] = self.pass_rates.state_dict()

@@ -47,6 +47,12 @@ class LatentGaussianPolicy:
     """The reference policy's scale: the starting sigma."""
     seed: int
     num_generations: int
+    logprob: str = "sum"
+    """`sum` over the d dimensions (the density), or `mean` (CoLaR's; the KL is divided by d
+    too, so its weight `beta` keeps its meaning relative to the policy term)."""
+
+    def _per_dim(self, value: torch.Tensor, d: int) -> torch.Tensor:
+        return value / d if self.logprob == "mean" else value
 
     def noise(self, step: int, slots: torch.Tensor, shape: tuple[int, ...], device) -> torch.Tensor:
         """eps for each question's G samples, [B*G, K, d], a function of (seed, step, slot):
@@ -68,7 +74,7 @@ class LatentGaussianPolicy:
         sigma = self.sigma().detach()
         eps = self.noise(step, slots, tuple(mu.shape[1:]), mu.device)
         z = mu + sigma * eps
-        return z, eps, gaussian_logprob(z, mu, sigma)
+        return z, eps, self._per_dim(gaussian_logprob(z, mu, sigma), mu.shape[-1])
 
     def terms(
         self,
@@ -80,11 +86,12 @@ class LatentGaussianPolicy:
         """`mu` [B, K, d] under the current reasoner (with gradient), `mu_ref` the reference's."""
         g = self.num_generations
         sigma = self.sigma()
-        logp = gaussian_logprob(z, mu.repeat_interleave(g, dim=0), sigma)
+        d = mu.shape[-1]
+        logp = self._per_dim(gaussian_logprob(z, mu.repeat_interleave(g, dim=0), sigma), d)
         kl = None
         if mu_ref is not None:
             ref = torch.tensor(self.sigma_ref, device=mu.device)
-            kl = gaussian_kl(mu, sigma, mu_ref, ref).repeat_interleave(g, dim=0)
+            kl = self._per_dim(gaussian_kl(mu, sigma, mu_ref, ref), d).repeat_interleave(g, dim=0)
         return Terms(logp, old_logp, kl)
 
 

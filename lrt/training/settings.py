@@ -12,6 +12,7 @@ from lrt.training.grpo_loss import check_loss_type
 from lrt.training.optim import OptimConfig
 
 EXPLORATIONS = ("latent", "answer", "both")
+LATENT_LOGPROBS = ("sum", "mean")
 
 
 def _positive(value: int | float | None) -> bool:
@@ -68,6 +69,35 @@ class SFTSettings(StageSettings):
 
 
 @dataclass
+class DynamicSamplingSettings:
+    """DAPO's dynamic sampling (verl's `filter_groups`): roll out candidate questions in
+    batched rounds, drop the groups whose rewards are all equal, and stop once the step holds
+    `batch_size` informative groups or `max_rounds` rounds have run."""
+
+    enabled: bool = False
+    round_size: int | None = None
+    """Candidate questions rolled out per round, global (null: `stage.batch_size`)."""
+    max_rounds: int = 4
+
+
+@dataclass
+class DifficultySettings:
+    """Balanced online difficulty filtering: a pass-rate estimate per training question from
+    its past rollouts (checkpointed), questions with an estimate strictly between 0 and 1
+    rolled out first, and questions saturated (G of G, or 0 of G) `patience` times running
+    kept out of the pool for `cooldown_steps` steps."""
+
+    enabled: bool = False
+    pool_factor: int = 2
+    """Candidates drawn per step, as a multiple of the most the step can roll out; the
+    preferred ones go first."""
+    ema: float = 0.5
+    """Weight of the newest group pass rate in the estimate."""
+    patience: int = 2
+    cooldown_steps: int = 50
+
+
+@dataclass
 class GRPOSettings(StageSettings):
     """`stage=grpo` (DESIGN.md sections 1, 4 and 7; `conf/stage/grpo.yaml` says which method
     each option comes from)."""
@@ -104,6 +134,12 @@ class GRPOSettings(StageSettings):
     """Weight of the KL to the starting reasoner (0: no reference pass)."""
     format_reward: float = 0.0
     """Bonus when the grader finds an answer in the text at all."""
+    latent_logprob: str = "sum"
+    """How the Gaussian log-density of a latent vector is taken over its d dimensions: `sum`
+    (the density itself) or `mean` (CoLaR's: divided by d, with the KL, so that ratios stay
+    near 1 when `num_iterations` > 1)."""
+    dynamic_sampling: DynamicSamplingSettings = field(default_factory=DynamicSamplingSettings)
+    difficulty: DifficultySettings = field(default_factory=DifficultySettings)
     log_samples_every_n_steps: int = 10
     """(question, answer, reward) rows: a wandb Table or `samples.jsonl`; 0 is off."""
 
@@ -130,7 +166,23 @@ class GRPOSettings(StageSettings):
              f"must be > 0 with stage.exploration={self.exploration!r}: the answers are sampled"),
             ("learn_sigma", not self.learn_sigma or self.samples_latents,
              "needs latent noise: stage.exploration='latent' or 'both'"),
+            ("latent_logprob", self.latent_logprob in LATENT_LOGPROBS,
+             f"is not one of {LATENT_LOGPROBS}"),
         ]  # fmt: skip
+        ds, df = self.dynamic_sampling, self.difficulty
+        nested = [
+            ("dynamic_sampling", "round_size", ds.round_size is None or _positive(ds.round_size),
+             "must be a positive integer or null"),
+            ("dynamic_sampling", "max_rounds", _positive(ds.max_rounds), "must be positive"),
+            ("difficulty", "pool_factor", _positive(df.pool_factor), "must be positive"),
+            ("difficulty", "ema", 0 < df.ema <= 1, "must be in (0, 1]"),
+            ("difficulty", "patience", _positive(df.patience), "must be positive"),
+            ("difficulty", "cooldown_steps", df.cooldown_steps >= 0, "must be >= 0"),
+        ]  # fmt: skip
+        for group, key, ok, why in nested:
+            if not ok:
+                value = getattr(getattr(self, group), key)
+                raise ConfigError(f"stage.{group}.{key}={value} {why}")
         if self.learn_sigma:
             checks.append(
                 (
@@ -155,6 +207,28 @@ class GRPOSettings(StageSettings):
     @property
     def steps_per_batch(self) -> int:
         return self.num_iterations
+
+    @property
+    def uses_pool(self) -> bool:
+        """Whether steps draw their questions from a candidate pool (dynamic sampling or
+        difficulty-aware selection) rather than take the sampler's batch as it is."""
+        return self.dynamic_sampling.enabled or self.difficulty.enabled
+
+    @property
+    def round_size(self) -> int:
+        """Questions rolled out per round: the batch, or the dynamic-sampling round."""
+        ds = self.dynamic_sampling
+        return (ds.round_size or self.batch_size) if ds.enabled else self.batch_size
+
+    @property
+    def max_rounds(self) -> int:
+        return self.dynamic_sampling.max_rounds if self.dynamic_sampling.enabled else 1
+
+    @property
+    def pool_size(self) -> int:
+        """Candidate questions drawn for a step (their order decides which are rolled out)."""
+        factor = self.difficulty.pool_factor if self.difficulty.enabled else 1
+        return self.round_size * self.max_rounds * factor
 
     @property
     def samples_latents(self) -> bool:
