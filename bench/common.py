@@ -35,11 +35,13 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def load(model: str, device: str, **settings: Any) -> Backbone:
-    """The conf/model/<model>.yaml base on `device`, with `settings` overriding its keys."""
+    """The conf/model/<model>.yaml base on `device`, with `settings` overriding its keys; on
+    CPU in float32 unless `dtype` is one of them (bf16 matmuls are slow or missing on many
+    CPUs, though not on this one: AVX-512 BF16)."""
     cfg = backbone_config(OmegaConf.load(ROOT / "conf" / "model" / f"{model}.yaml"))
+    if device == "cpu" and "dtype" not in settings:
+        settings["dtype"] = "float32"
     cfg = replace(cfg, **settings)
-    if device == "cpu" and cfg.dtype != "float32":
-        cfg.dtype = "float32"  # bf16 matmuls are slow or missing on many CPUs
     backbone = load_backbone(cfg)
     backbone.model.to(device)
     return backbone

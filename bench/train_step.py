@@ -12,6 +12,7 @@ allocator peak, or peak RSS on CPU) is its own.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -64,8 +65,8 @@ def step_fn(lm, ids, mask, ans, ans_mask, naive: bool):
     return full if naive else cached
 
 
-def run_one(args, naive: bool) -> dict:
-    backbone = load(args.model, args.device)
+def run_one(args, naive: bool, dtype: str | None) -> dict:
+    backbone = load(args.model, args.device, **({"dtype": dtype} if dtype else {}))
     lm = latent_lm(backbone, args.k)
     ids = random_ids(backbone, args.batch, args.prompt_len, seed=1)
     mask = torch.ones_like(ids)
@@ -83,6 +84,7 @@ def run_one(args, naive: bool) -> dict:
     peak = gpu_peak_tflops()
     return {
         "path": "naive" if naive else "cached",
+        "dtype": str(backbone.model.dtype).removeprefix("torch."),
         "step_s": seconds,
         "tokens_per_s": tokens / seconds,
         "peak_mem_mb": peak_memory_mb(args.device),
@@ -99,13 +101,25 @@ def main() -> None:
     p.add_argument("--answer-len", type=int, default=32)
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--path", choices=["both", "cached", "naive"], default="both")
+    p.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=None,
+        help="the frozen base's dtypes to compare on the cached path, e.g. float32 bfloat16 "
+        "(default: the model config's, float32 on CPU; the reasoner stays float32)",
+    )
+    p.add_argument("--dtype", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.path != "both":
-        print(json.dumps(run_one(args, args.path == "naive")))
+    if args.path != "both" and args.dtypes is None:
+        print(json.dumps(run_one(args, args.path == "naive", args.dtype)))
         return
+    runs = (
+        [("cached", d) for d in args.dtypes] if args.dtypes else [("cached", None), ("naive", None)]
+    )
     rows = []
-    for path in ("cached", "naive"):
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--path", path]
+    for path, dtype in runs:
+        cmd = [sys.executable, __file__, *_without_dtypes(sys.argv[1:]), "--path", path]
+        cmd += ["--dtype", dtype] if dtype else []
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     speedup = ratio(rows[1]["step_s"], rows[0]["step_s"])
@@ -113,14 +127,20 @@ def main() -> None:
         f"\nSFT step, {args.model} on {args.device}: batch {args.batch}, prompt {args.prompt_len}, "
         f"answer {args.answer_len}, K={args.k}"
     )
-    print(f"{'path':8} {'step s':>8} {'tokens/s':>10} {'peak MB':>9} {'TFLOP/s':>8} {'MFU':>6}")
+    print(
+        f"{'path':8} {'dtype':9} {'step s':>8} {'tokens/s':>10} {'peak MB':>9} {'TFLOP/s':>8} "
+        f"{'MFU':>6}"
+    )
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
         print(
-            f"{r['path']:8} {r['step_s']:8.3f} {r['tokens_per_s']:10.0f} {r['peak_mem_mb']:9.0f} "
-            f"{r['tflops']:8.2f} {mfu:>6}"
+            f"{r['path']:8} {r['dtype']:9} {r['step_s']:8.3f} {r['tokens_per_s']:10.0f} "
+            f"{r['peak_mem_mb']:9.0f} {r['tflops']:8.2f} {mfu:>6}"
         )
-    print(f"cached-prefix speed-up over naive: {speedup:.2f}x (target >= 1.5x)")
+    if args.dtypes:
+        print(f"{rows[1]['dtype']} base over {rows[0]['dtype']}: {1 / speedup:.2f}x faster")
+    else:
+        print(f"cached-prefix speed-up over naive: {speedup:.2f}x (target >= 1.5x)")
     write_json(
         args.out,
         "train_step.json",
@@ -131,6 +151,20 @@ def main() -> None:
             "speedup": speedup,
         },
     )
+
+
+def _without_dtypes(argv: list[str]) -> list[str]:
+    """`argv` less `--dtypes a b ...` and `--path x` (each child run gets its own)."""
+    out, skip = [], False
+    for arg in argv:
+        if arg in ("--dtypes", "--path"):
+            skip = True
+            continue
+        if skip and not arg.startswith("--"):
+            continue
+        skip = False
+        out.append(arg)
+    return out
 
 
 if __name__ == "__main__":
