@@ -95,9 +95,12 @@ def question_batch(backbone: Backbone, questions: int) -> tuple[list[Record], li
     return records, [format_prompt(backbone.tokenizer, r, prompt, system) for r in records]
 
 
-def stage_config(args: argparse.Namespace) -> dict[str, Any]:
-    """conf/stage/grpo.yaml with the benchmark's G, answer cap and no sample logging."""
+def stage_config(args: argparse.Namespace, rounds: int = 0) -> dict[str, Any]:
+    """conf/stage/grpo.yaml with the benchmark's G, answer cap and no sample logging; with
+    `rounds`, dynamic sampling of up to that many rounds of B candidates."""
     stage = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "stage" / "grpo.yaml"))
+    if rounds:
+        stage["dynamic_sampling"] = {"enabled": True, "round_size": None, "max_rounds": rounds}
     stage.update(
         batch_size=args.questions,
         num_generations=args.generations,
@@ -178,8 +181,10 @@ def rollout_part(args: argparse.Namespace, lm: LatentLM, prompts: list[str]) -> 
 # --- part 2a: the latent GRPO step ------------------------------------------------------------
 
 
-def latent_step_part(args: argparse.Namespace, lm: LatentLM) -> dict[str, Any]:
-    """`GRPOModule.training_step` under a Lightning Trainer: 1 warm-up + `repeats` timed steps."""
+def latent_step_part(args: argparse.Namespace, lm: LatentLM, rounds: int = 0) -> dict[str, Any]:
+    """`GRPOModule.training_step` under a Lightning Trainer: 1 warm-up + `repeats` timed steps;
+    with `rounds`, under dynamic sampling. Counts the informative groups each step trains on
+    (dynamic sampling keeps at most B of those it rolls out)."""
     import lightning as L
 
     from lrt.data.datamodule import LRTDataModule
@@ -188,9 +193,9 @@ def latent_step_part(args: argparse.Namespace, lm: LatentLM) -> dict[str, Any]:
     from lrt.training.grpo import GRPOModule
     from lrt.training.settings import GRPOSettings
 
-    module = GRPOModule(lm, TASK, typed(GRPOSettings, stage_config(args), "stage"))
+    module = GRPOModule(lm, TASK, typed(GRPOSettings, stage_config(args, rounds), "stage"))
     data = LRTDataModule(
-        typed(DataConfig, data_config(args.questions), "data"),
+        typed(DataConfig, data_config(args.questions * max(rounds, 1)), "data"),
         lm.tokenizer,
         lm.backbone.config.system_prompt,
         args.questions,
@@ -210,7 +215,11 @@ def latent_step_part(args: argparse.Namespace, lm: LatentLM) -> dict[str, Any]:
         rollout_times.append(time.perf_counter() - start)
         rewards.append(float(out.rewards.mean()))
         answer_tokens.append(sum(out.generation.num_generated) / len(out.rewards))
+        g = args.generations
+        informative_now[-1] += int((~out.zero_std.to(out.real.device) & out.real[::g]).sum())
         return out
+
+    informative_now: list[int] = [0]
 
     module.rollout = rollout  # type: ignore[method-assign]
 
@@ -221,6 +230,7 @@ def latent_step_part(args: argparse.Namespace, lm: LatentLM) -> dict[str, Any]:
 
         def on_train_batch_start(self, *_: Any) -> None:
             sync(device)
+            informative_now.append(0)
             self.start = time.perf_counter()
 
         def on_train_batch_end(self, *_: Any) -> None:
@@ -249,8 +259,11 @@ def latent_step_part(args: argparse.Namespace, lm: LatentLM) -> dict[str, Any]:
         trainer.fit(module, datamodule=data)
     steps = timer.times[1:]  # the first batch is the warm-up
     median = sorted(steps)[len(steps) // 2]
+    trained = [min(n, args.questions) for n in informative_now[2:]]  # timed steps only
     return {
-        "path": f"GRPO {args.exploration}",
+        "path": f"GRPO {args.exploration}" + (f" dyn x{rounds}" if rounds else ""),
+        "informative_groups": sum(trained) / max(len(trained), 1),
+        "s_per_informative_group": sum(steps) / sum(trained) if sum(trained) else None,
         "step_s": median,
         "rollout_s": sorted(rollout_times[1:])[len(steps) // 2],
         "timed_steps": len(steps),
@@ -268,6 +281,8 @@ def latent_main(args: argparse.Namespace) -> None:
     _, prompts = question_batch(backbone, args.questions)
     result = {"k": lm.reasoner.num_latents, "rollout": rollout_part(args, lm, prompts)}
     result["step"] = latent_step_part(args, lm)
+    if args.dynamic_rounds:
+        result["dynamic_step"] = latent_step_part(args, lm, args.dynamic_rounds)
     child_result(result)
 
 
@@ -418,7 +433,8 @@ def report(args: argparse.Namespace, latent: dict[str, Any], trl: dict[str, Any]
     rollout_speedup = ratio(rows[0]["answers_per_s"], rows[2]["answers_per_s"])
     print(f"batched shared-prefix rollout over the loop: {rollout_speedup:.2f}x (target >= 3x)")
 
-    steps = [latent["step"]] + ([trl] if trl else [])
+    steps = [latent["step"]] + ([latent["dynamic_step"]] if "dynamic_step" in latent else [])
+    steps += [trl] if trl else []
     print(
         f"\nGRPO step (rollout + loss + backward + optimiser step), {b} prompts x {g} samples; "
         "time per step, the rollout part of it, peak memory of the step's own process"
@@ -431,6 +447,15 @@ def report(args: argparse.Namespace, latent: dict[str, Any], trl: dict[str, Any]
         print(
             f"{r['path']:15} {r['step_s']:9.3f} {r['rollout_s']:10.3f} {r['timed_steps']:>6d} "
             f"{r['peak_mem_mb']:9.0f} {r['tokens_per_sample']:7.1f} {r['reward_mean']:7.3f}"
+        )
+    for r in steps[: 2 if "dynamic_step" in latent else 1]:
+        print(
+            f"{r['path']}: {r['informative_groups']:.2f} informative groups per step, "
+            + (
+                f"{r['s_per_informative_group']:.3f} s per informative group"
+                if r["s_per_informative_group"]
+                else "none to time per informative group"
+            )
         )
     latent_step = latent["step"]
     print(
@@ -496,6 +521,12 @@ def main() -> None:
         "--trl-gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False
     )
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument(
+        "--dynamic-rounds",
+        type=int,
+        default=0,
+        help="also time a step with dynamic sampling of up to this many rounds of B questions",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--part", choices=["all", "latent", "trl"], default="all")
     args = p.parse_args()
