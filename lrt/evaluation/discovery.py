@@ -143,6 +143,9 @@ class Checkpoint:
     path: Path | None
     lm: LatentLM
     sweep_run: Path | None = None
+    seen: frozenset[str] = frozenset()
+    """Question texts it was trained or mined on (a STIR library's): evaluating it on any
+    of them is refused."""
 
 
 def load_checkpoints(cfg: DictConfig, lm_base: LatentLM) -> list[Checkpoint]:

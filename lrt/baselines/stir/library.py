@@ -72,6 +72,10 @@ class Library:
             meta=meta,
         )
 
+    def to(self, device: torch.device) -> Library:
+        parts = {name: getattr(self, name).to(device) for name in FIELDS}
+        return Library(**parts, meta=self.meta)
+
     def subset(self, rows: Sequence[int]) -> Library:
         index = torch.tensor(list(rows), dtype=torch.long)
         parts = {name: getattr(self, name)[index] for name in FIELDS}

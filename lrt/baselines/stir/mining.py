@@ -13,7 +13,6 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,10 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from lrt.baselines.stir.rollouts import Rollout
 from lrt.baselines.stir.settings import STIRSettings
+from lrt.baselines.stir.steering import layer_outputs
 from lrt.decoding import positions
 from lrt.errors import CheckpointError, ConfigError, one_line
 from lrt.latent_lm import LatentLM
@@ -47,26 +46,6 @@ class Pair:
 
     def info(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if not isinstance(v, torch.Tensor)}
-
-
-@contextmanager
-def layer_outputs(layers: nn.ModuleList, indices: Sequence[int]):
-    """The output of each decoder layer in `indices` at the last position of a forward."""
-    captured: dict[int, torch.Tensor] = {}
-
-    def hook(index: int):
-        def keep(_module: nn.Module, _inputs: object, output: Any) -> None:
-            states = output[0] if isinstance(output, tuple) else output
-            captured[index] = states[:, -1].float()
-
-        return keep
-
-    handles = [layers[i].register_forward_hook(hook(i)) for i in indices]
-    try:
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @torch.no_grad()
