@@ -7,6 +7,7 @@ with the library (`library.json`), so a library always decodes the way it was bu
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass, field
 
 from lrt.errors import ConfigError
@@ -58,7 +59,9 @@ class STIRSettings:
     batch_questions: int = 8
     """Questions whose rollouts decode together (batch of batch_questions x rollouts)."""
     delimiter: str = "\n\n"
-    """Segments end where this text completes; short-answer tasks need "\\n" (one line a step)."""
+    """Segments end where this text completes; short-answer tasks need "\\n" (one line a
+    step). Backslash escapes are read as in Python, so `stage.delimiter='\\n'` works on a
+    command line (Hydra passes the two characters through)."""
     control_points: int = 8
     """M: control points m = 1..M; online, segments 2..M are steered from entries at m-1."""
     layers: list[float] = field(default_factory=lambda: [0.6])
@@ -88,6 +91,8 @@ class STIRSettings:
         def positive(value: object) -> bool:
             return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
+        if "\\" in self.delimiter:
+            self.delimiter = codecs.decode(self.delimiter, "unicode_escape")
         online = self.online
         checks = [
             ("questions", positive(self.questions), "must be a positive integer"),
