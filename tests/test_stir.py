@@ -23,9 +23,8 @@ from lrt.data.loading import load_split
 from lrt.data.prompts import PromptConfig, format_prompt
 from lrt.data.settings import SplitConfig
 from lrt.errors import CheckpointError, ConfigError
-from lrt.evaluation.discovery import Checkpoint
+from lrt.evaluation.discovery import Checkpoint, refuse_seen
 from lrt.evaluation.predict import predict_modes
-from lrt.evaluation.run import EvalTask, refuse_seen
 from lrt.latent_lm import LatentLM
 from lrt.modes import DecodeConfig
 
@@ -271,7 +270,6 @@ def test_mining_and_evaluation_questions_never_overlap(
     records = load_split("arith", SplitConfig(split="test", limit=2))
     lm = LatentLM(tiny_backbone)
     seen = Checkpoint("stir:x", tmp_path, lm, seen=frozenset({records[1].question}))
-    task = EvalTask("arith", "arith", records, PromptConfig(), 4)
     with pytest.raises(ConfigError, match="built on 1 of task arith's evaluation questions"):
-        refuse_seen([(seen, "stir@16")], [task])
-    refuse_seen([(Checkpoint("stir:y", tmp_path, lm), "stir@16")], [task])
+        refuse_seen([seen], {"arith": records})
+    refuse_seen([Checkpoint("stir:y", tmp_path, lm)], {"arith": records})

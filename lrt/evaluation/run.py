@@ -38,6 +38,7 @@ from lrt.evaluation.discovery import (
     load_adapters,
     load_checkpoints,
     read_overrides,
+    refuse_seen,
     swept_keys,
     take_recorded_model,
 )
@@ -103,19 +104,6 @@ def validate_evaluate(cfg: DictConfig) -> list[str]:
             if not 0 < int(k) <= int(pk.n):
                 raise ConfigError(f"pass_at_k.k={k} must be between 1 and pass_at_k.n={pk.n}")
     return labels
-
-
-def refuse_seen(jobs: Sequence[tuple[Checkpoint, str]], tasks: Sequence[EvalTask]) -> None:
-    """Refuse to evaluate anything on questions it was trained or mined on (`Checkpoint.seen`)."""
-    for ckpt in {id(c): c for c, _ in jobs}.values():
-        for task in tasks:
-            overlap = [r.question for r in task.records if r.question in ckpt.seen]
-            if overlap:
-                raise ConfigError(
-                    f"{ckpt.label} ({ckpt.path}) was built on {len(overlap)} of task "
-                    f"{task.name}'s evaluation questions, e.g. {overlap[0]!r}: evaluate it on "
-                    "held-out questions"
-                )
 
 
 def load_tasks(cfg: DictConfig) -> list[EvalTask]:
@@ -357,7 +345,7 @@ def evaluate(cfg: DictConfig) -> Path:
             log.warning("modes %s are skipped: pass %s=<path>", ", ".join(method_labels), key)
         found = loader(key)(sources, base) if sources and method_labels else []
         jobs += [(c, m) for c in found for m in method_labels]
-    refuse_seen(jobs, tasks)
+    refuse_seen([c for c, _ in jobs], {t.name: t.records for t in tasks})
 
     pk = cfg.pass_at_k
     sampling = int(pk.n) > 0
