@@ -53,19 +53,26 @@ class SteeredLM(LatentLM):
         self.control_points = int(library.meta.get("control_points", 8))
 
     @torch.no_grad()
-    def generate(self, prefix: Prefix, mode: str, **kwargs: Any) -> Generation:
+    def generate(
+        self,
+        prefix: Prefix,
+        mode: str,
+        latents: torch.Tensor | None = None,
+        max_answer_tokens: int = 32,
+        budget: int = 256,
+        force_answer: str = "The answer is",
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        noise: RowNoise | None = None,
+        all_done: Callable[[bool], bool] | None = None,
+    ) -> Generation:
+        """`LatentLM.generate`, and for `stir` its `cot` path with the steered decoder (the
+        probe tokens and extra positions of each row come back in the Generation)."""
         if mode != "stir":
-            return super().generate(prefix, mode, **kwargs)
-        settings = {
-            "max_answer_tokens": 32,
-            "budget": 256,
-            "force_answer": "The answer is",
-            "temperature": 0.0,
-            "top_p": 1.0,
-            "noise": None,
-            "all_done": None,
-            **kwargs,
-        }
+            return super().generate(
+                prefix, mode, latents, max_answer_tokens, budget, force_answer, temperature,
+                top_p, noise, all_done,
+            )  # fmt: skip
         b = prefix.batch_size
         work = prefix.fork()
         embeds = self.span_embeds(mode, b, prefix.opened)
@@ -75,16 +82,10 @@ class SteeredLM(LatentLM):
             ones = prefix.mask.new_ones(b, embeds.shape[1])
             out, mask = self._forward_suffix(work, embeds, ones, logits_to_keep=1)
             logits = out[:, -1].float()
-        decoder = SteeredDecoder(
-            self, b, settings["budget"], settings["max_answer_tokens"], settings["force_answer"]
-        )
-        noise: RowNoise | None = settings["noise"]
-        if settings["temperature"] > 0 and noise is None:
+        decoder = SteeredDecoder(self, b, budget, max_answer_tokens, force_answer)
+        if temperature > 0 and noise is None:
             noise = RowNoise(0, torch.arange(b, device=self.device))
-        all_done: Callable[[bool], bool] | None = settings["all_done"]
-        gen = decoder.run(
-            work.cache, mask, logits, settings["temperature"], settings["top_p"], noise, all_done
-        )
+        gen = decoder.run(work.cache, mask, logits, temperature, top_p, noise, all_done)
         return replace(gen, probe_tokens=decoder.probe_tokens, extra_positions=decoder.extra)
 
 
