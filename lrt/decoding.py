@@ -35,6 +35,11 @@ class Generation:
     first_token_at: float = 0.0
     """`time.perf_counter()` when the first token of every row was known (time to first token
     is this minus when the question arrived)."""
+    probe_tokens: list[int] | None = None
+    """Look-ahead tokens a steered decoder generated and discarded, per row (STIR's probes)."""
+    extra_positions: list[int] | None = None
+    """Positions a steered decoder processed per row besides the decoded tokens (probes,
+    steered re-feeds and unsteered recomputes)."""
 
 
 class Decoder:
@@ -104,14 +109,7 @@ class Decoder:
                 break
             ids = torch.tensor(next_ids, device=mask.device).unsqueeze(1)
             mask = full[:, : start + t + 1]
-            out = lm.base(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions(mask, mask.shape[1] - 1),
-                past_key_values=cache,
-                use_cache=True,
-            )
-            logits = out.logits[:, -1].float()
+            logits = self._advance(ids, mask, cache)
         for i in range(self.b):
             if not self.done[i]:
                 self.truncated[i] = True
@@ -127,6 +125,21 @@ class Decoder:
             truncated=self.truncated,
             first_token_at=first_token_at,
         )
+
+    def _advance(self, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+        """Feed one token per row on top of `cache` (extended in place); the next logits.
+
+        A method so that a steered decoder (`lrt/baselines/stir/decode.py`) can act at segment
+        boundaries while every other step stays this very forward.
+        """
+        out = self.lm.base(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions(mask, mask.shape[1] - 1),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        return out.logits[:, -1].float()
 
     def _step(self, i: int, sampled: int, logp: float) -> int:
         """Advance row `i`; return the token fed to the model next for that row."""

@@ -71,6 +71,7 @@ PREDICTION_FIELDS = {
     "truncated",
     "confidence",
     "route",
+    "probe_tokens",
 }
 METRICS = {
     "checkpoint",
@@ -84,6 +85,8 @@ METRICS = {
     "mean_tokens",
     "p50_tokens",
     "p95_tokens",
+    "mean_probe_tokens",
+    "mean_budget_used",
     "mean_positions",
     "mean_prompt",
     "time_per_question_s",

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from lrt.adapter import META_NAME, adapter_label, find_adapter, merged_backbone
 from lrt.checkpoint import read_checkpoint
+from lrt.data.records import Record
 from lrt.errors import CheckpointError, ConfigError
 from lrt.latent_lm import LatentLM
 from lrt.reasoner import is_reasoner_folder, load_reasoner, read_config
@@ -143,6 +144,21 @@ class Checkpoint:
     path: Path | None
     lm: LatentLM
     sweep_run: Path | None = None
+    seen: frozenset[str] = frozenset()
+    """Question texts it was trained or mined on (a STIR library's): evaluating it on any
+    of them is refused."""
+
+
+def refuse_seen(checkpoints: Sequence[Checkpoint], tasks: Mapping[str, Sequence[Record]]) -> None:
+    """Refuse to evaluate anything on questions it was trained or mined on (`Checkpoint.seen`)."""
+    for ckpt in {id(c): c for c in checkpoints}.values():
+        for task, records in tasks.items():
+            overlap = [r.question for r in records if r.question in ckpt.seen]
+            if overlap:
+                raise ConfigError(
+                    f"{ckpt.label} ({ckpt.path}) was built on {len(overlap)} of task {task}'s "
+                    f"evaluation questions, e.g. {overlap[0]!r}: evaluate it on held-out questions"
+                )
 
 
 def load_checkpoints(cfg: DictConfig, lm_base: LatentLM) -> list[Checkpoint]:

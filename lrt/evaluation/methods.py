@@ -13,7 +13,9 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-METHODS: dict[str, str] = {}
+METHODS: dict[str, str] = {
+    "stir_library": "lrt.baselines.stir.decode:load_libraries",
+}
 """evaluate.yaml key -> `module:function` loading the method's checkpoints."""
 
 

@@ -44,6 +44,8 @@ def summarize(predictions: Sequence[Prediction], ks: Sequence[int] = ()) -> dict
     """Metrics of one (checkpoint, task, mode): every key is present, None where undefined.
 
     `accuracy` is pass@1 averaged over all samples (greedy: one sample per question).
+    `mean_probe_tokens` are look-ahead tokens a method discarded (`stir`), and
+    `mean_budget_used` adds them to `mean_tokens`, as STIR reports its cost.
     `mean_positions` counts what the base processed per answer (prompt, thinking-span inputs
     with the K latents, decoded tokens), the prefill cost `mean_tokens` leaves out.
     `time_per_question_s` is batch time over the batch's questions (the amortised cost),
@@ -70,6 +72,8 @@ def summarize(predictions: Sequence[Prediction], ks: Sequence[int] = ()) -> dict
         "mean_tokens": float(tokens.mean()) if len(tokens) else 0.0,
         "p50_tokens": float(np.percentile(tokens, 50)) if len(tokens) else 0.0,
         "p95_tokens": float(np.percentile(tokens, 95)) if len(tokens) else 0.0,
+        "mean_probe_tokens": _mean([p.probe_tokens for p in predictions]),
+        "mean_budget_used": _mean([p.tokens + p.probe_tokens for p in predictions]),
         "mean_positions": _mean([p.positions for p in predictions]),
         "mean_prompt": _mean([p.positions - p.after_prompt for p in predictions]),
         "time_per_question_s": per_q,

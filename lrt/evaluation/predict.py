@@ -57,6 +57,9 @@ class Prediction:
     sample: int = 0
     route: str | None = None
     """`hybrid` only: `lrt` when the gate kept the latent answer, else `cot`."""
+    probe_tokens: int = 0
+    """Look-ahead tokens generated and discarded (`stir`'s probes), not in `tokens`: STIR's
+    `budget_used` is `tokens + probe_tokens`."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,17 +77,23 @@ class _Answer:
     confidence: float
     route: str | None = None
     first_token_at: float = 0.0
+    probe_tokens: int = 0
 
 
 def _answers(gen: Generation, span: int, route: str | None = None) -> list[_Answer]:
+    rows = len(gen.texts)
+    probes = gen.probe_tokens or [0] * rows
+    extra = gen.extra_positions or [0] * rows
     return [
-        _Answer(text, n, span + len(ids), trunc, float(conf), route, gen.first_token_at)
-        for text, n, ids, trunc, conf in zip(
+        _Answer(text, n, span + len(ids) + e, trunc, float(conf), route, gen.first_token_at, p)
+        for text, n, ids, trunc, conf, p, e in zip(
             gen.texts,
             gen.num_generated,
             gen.token_ids,
             gen.truncated,
             gen.mean_logprob,
+            probes,
+            extra,
             strict=True,
         )
     ]
@@ -227,6 +236,7 @@ def predict_modes(
                         confidence=a.confidence,
                         sample=s,
                         route=a.route,
+                        probe_tokens=a.probe_tokens,
                     )
                     for (i, s), a, n_prompt in zip(
                         [(i, s) for i in index for s in range(samples)],

@@ -34,6 +34,7 @@ from lrt.evaluation.discovery import (
     load_adapters,
     load_checkpoints,
     read_overrides,
+    refuse_seen,
     swept_keys,
     take_recorded_model,
 )
@@ -249,6 +250,7 @@ def evaluate(cfg: DictConfig) -> Path:
             log.warning("modes %s are skipped: pass %s=<path>", ", ".join(method_labels), key)
         found = loader(key)(sources, base) if sources and method_labels else []
         jobs += [(c, m) for c in found for m in method_labels]
+    refuse_seen([c for c, _ in jobs], {t.name: t.records for t in tasks})
 
     pk = cfg.pass_at_k
     sampling = int(pk.n) > 0
