@@ -215,3 +215,11 @@ def test_resume_by_run_folder_or_by_run_name(tmp_path: Path) -> None:
     result = run_train(f"resume={tmp_path / 'nothing'}")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: resume={tmp_path}")
+
+
+def test_an_experiment_overrides_train_yaml_own_keys(compose_train) -> None:
+    """Experiments compose after train.yaml's own keys (lightning-hydra-template's order), so
+    the paper's SFT runs keep their final table without the expensive cot@256 row."""
+    cfg = compose_train("experiment=paper_sft")
+    assert list(cfg.final_eval.modes) == ["lrt", "direct", "nothink"]
+    assert compose_train("experiment=stir_smollm2_arith").final_eval.enabled is False
