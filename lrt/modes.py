@@ -9,7 +9,9 @@ they differ only in what happens between the prompt and the answer:
 - `nothink`: an empty thinking span (Ma et al.'s NoThinking prefill inside it for models with
   a thinking mode, `model.nothink_prefill`), then the answer;
 - `cot`: explicit thinking for up to a token budget, then the answer (budget forcing);
-- `hybrid`: `lrt`, and `cot` for the questions whose `lrt` answer is not confident.
+- `hybrid`: `lrt`, and `cot` for the questions whose `lrt` answer is not confident;
+- `rim`: RiM's K memory blocks in one pass after the prompt (its LoRA-adapted base), then the
+  answer (`lrt.baselines.rim`, evaluated per adapter named by `evaluate.yaml`'s `rim`).
 
 A mode label may carry a budget (`cot@256`), so each budget is its own row of a results table.
 The baselines (`direct`, `nothink`, `cot`) are asked in the model's default system line
@@ -49,6 +51,7 @@ MODES: dict[str, Mode] = {
         Mode("cot", needs_reasoner=False, budgeted=True, baseline=True),
         Mode("hybrid", needs_reasoner=True, budgeted=True, baseline=False),
         Mode("direct", needs_reasoner=False, budgeted=False, baseline=True, no_thinking=True),
+        Mode("rim", needs_reasoner=False, budgeted=False, baseline=False, method="rim"),
     )
 }
 DECODED = ("lrt", "direct", "nothink", "cot")

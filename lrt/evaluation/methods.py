@@ -13,7 +13,9 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-METHODS: dict[str, str] = {}
+METHODS: dict[str, str] = {
+    "rim": "lrt.baselines.rim.evaluation:load_rim",
+}
 """evaluate.yaml key -> `module:function` loading the method's checkpoints."""
 
 
