@@ -54,28 +54,32 @@ class RiMLM(LatentLM):
 
     # --- training ------------------------------------------------------------------------------
 
-    def readout_logprobs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layout: Layout
-    ) -> torch.Tensor:
-        """Log-probs of every readout token [B, R] (0 on padding), all in one forward pass
-        over prompt, blocks and readouts under the layout's 4D mask; gradients reach the LoRA
-        adapters and the block embeddings."""
-        dtype = self.base.dtype
+    def layout_embeds(self, input_ids: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """Input embeddings of `[prompt, blocks, readouts]`, [B, T, d]."""
         b = input_ids.shape[0]
-        embeds = torch.cat(
+        return torch.cat(
             [
                 self.backbone.embed(input_ids),
-                self.memory(layout.num_blocks, b, dtype),
+                self.memory(layout.num_blocks, b, self.base.dtype),
                 self.backbone.embed(layout.readout_ids),
             ],
             dim=1,
         )
-        hidden = self.base.get_decoder()(
+
+    def layout_hidden(self, embeds: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """The decoder's last hidden states [B, T, d] over `embeds` under the layout's mask."""
+        return self.base.get_decoder()(
             inputs_embeds=embeds,
-            attention_mask=layout.additive_mask(dtype),
+            attention_mask=layout.additive_mask(embeds.dtype),
             position_ids=layout.position_ids,
             use_cache=False,
         ).last_hidden_state
+
+    def readout_logprobs(self, input_ids: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """Log-probs of every readout token [B, R] (0 on padding), all in one forward pass
+        over prompt, blocks and readouts under the layout's 4D mask; gradients reach the LoRA
+        adapters and the block embeddings."""
+        hidden = self.layout_hidden(self.layout_embeds(input_ids, layout), layout)
         index = layout.predict_at.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         head = self.base.get_output_embeddings()
         logp = token_logprobs(head, hidden.gather(1, index), layout.readout_ids)

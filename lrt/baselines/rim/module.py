@@ -93,7 +93,7 @@ class RiMModule(StageModule):
         """Weighted summed NLL of one micro-batch's readout tokens."""
         batch, readouts = chunk
         layout = build_layout(batch["attention_mask"], self.lm.memory.block_size, readouts)
-        logp = self.lm.readout_logprobs(batch["input_ids"], batch["attention_mask"], layout)
+        logp = self.lm.readout_logprobs(batch["input_ids"], layout)
         if self.settings.phase_at(self.global_step) == "grounding":
             return -logp.sum()
         weights = self._weights.to(logp.device)[layout.target_block]
