@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,13 @@ class RiMLM(LatentLM):
         folder = Path(folder)
         save_lora(self.base, folder)
         self.memory.save(folder)
-        write_meta(folder, self.backbone.name, method=MODE, **layout_meta(settings))
+        write_meta(
+            folder,
+            self.backbone.name,
+            method=MODE,
+            base_config=asdict(self.backbone.config),
+            **layout_meta(settings),
+        )
 
 
 def layout_meta(settings: RiMSettings) -> dict[str, Any]:
