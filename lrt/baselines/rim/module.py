@@ -134,8 +134,8 @@ class RiMModule(StageModule):
         ]
         tokens = self.all_sum(sum(len(t) for row in readouts for t in row))
         loss = self.optimizer_step_on(chunks, self.readout_nll, tokens)
-        self.log(f"train/{phase}_loss", float(loss), prog_bar=True, batch_size=b)
-        self.log("train/loss", float(loss), batch_size=b)
+        self.log("train/loss", float(loss), prog_bar=True, batch_size=b)
+        self.log("train/refinement", float(phase == "refinement"), batch_size=b)
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=b)
         self.log("train/step_time_s", time.perf_counter() - started, batch_size=b)
 
