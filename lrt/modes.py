@@ -12,6 +12,8 @@ they differ only in what happens between the prompt and the answer:
 - `hybrid`: `lrt`, and `cot` for the questions whose `lrt` answer is not confident;
 - `stir`: `cot` steered by a STIR library (`lrt/baselines/stir/`): asked like `cot`, in the
   model's default system line, with the same budget (an empty library decodes as `cot`).
+- `rim`: RiM's K memory blocks in one pass after the prompt (its LoRA-adapted base), then the
+  answer (`lrt.baselines.rim`, evaluated per adapter named by `evaluate.yaml`'s `rim`).
 
 A mode label may carry a budget (`cot@256`), so each budget is its own row of a results table.
 The baselines (`direct`, `nothink`, `cot`) are asked in the model's default system line
@@ -52,6 +54,7 @@ MODES: dict[str, Mode] = {
         Mode("hybrid", needs_reasoner=True, budgeted=True, baseline=False),
         Mode("direct", needs_reasoner=False, budgeted=False, baseline=True, no_thinking=True),
         Mode("stir", needs_reasoner=False, budgeted=True, baseline=True, method="stir_library"),
+        Mode("rim", needs_reasoner=False, budgeted=False, baseline=False, method="rim"),
     )
 }
 DECODED = ("lrt", "direct", "nothink", "cot")

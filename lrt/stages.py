@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lrt.baselines.grpo_cot.settings import GRPOCoTSettings
+from lrt.baselines.rim.settings import RiMSettings
 from lrt.baselines.stir.settings import STIRSettings
 from lrt.errors import ConfigError
 from lrt.training.settings import GRPOSettings, SFTSettings
@@ -45,6 +46,9 @@ STAGES: dict[str, Stage] = {
     "grpo": Stage(GRPOSettings, "lrt.train:train_reasoner", "lrt.training.grpo:GRPOModule"),
     "grpo_cot": Stage(GRPOCoTSettings, "lrt.baselines.grpo_cot.trainer:train_grpo_cot"),
     "stir": Stage(STIRSettings, "lrt.baselines.stir.stage:run_stir"),
+    "rim": Stage(
+        RiMSettings, "lrt.baselines.rim.trainer:train_rim", "lrt.baselines.rim.module:RiMModule"
+    ),
 }
 
 

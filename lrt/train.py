@@ -16,7 +16,6 @@ import csv
 import json
 import logging
 import shutil
-import signal
 import sys
 import tempfile
 from dataclasses import asdict
@@ -28,7 +27,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from lrt.backbone import Backbone, load_backbone
-from lrt.checkpoint import check_base_model, read_checkpoint
 from lrt.config import RENAMED, TrainConfig, validate_train
 from lrt.data.datamodule import LRTDataModule
 from lrt.data.loading import load_limited_split
@@ -50,21 +48,9 @@ from lrt.training.callbacks import (
     ReasonerExport,
     StopOnSignal,
 )
+from lrt.training.runs import Stopped, resume_command, resume_path, trainer_arguments
 
 log = logging.getLogger("lrt.train")
-
-
-class Stopped(Exception):
-    """Training stopped by SIGTERM or Ctrl+C after writing its checkpoint."""
-
-    def __init__(self, signum: signal.Signals, message: str) -> None:
-        super().__init__(message)
-        self.signum = signum
-
-
-def resume_command(run_dir: Path) -> str:
-    """The command that continues the run in `run_dir` (see `resume_argv`)."""
-    return f"python train.py resume={run_dir}"
 
 
 def resume_argv(argv: list[str]) -> list[str]:
@@ -135,17 +121,6 @@ def run(cfg: DictConfig) -> Path:
 # --- the reasoner stages -------------------------------------------------------------------
 
 
-def resume_path(config: TrainConfig, ckpt_dir: Path) -> str | None:
-    """`ckpt_path`, else the run folder's `last.ckpt`, checked before the model loads: readable,
-    and for this base (the rest is checked as Lightning loads it)."""
-    last = ckpt_dir / "last.ckpt"
-    path = config.ckpt_path or (str(last) if last.exists() else None)
-    if path:
-        trained_for = read_checkpoint(path)["lrt"]["base_model"]
-        check_base_model(trained_for, config.model.name, f"{path}: checkpoint")
-    return path
-
-
 def starting_reasoner(config: TrainConfig, backbone: Backbone) -> Reasoner:
     """The reasoner a run starts from: `init_from` (a folder or checkpoint), else a new one."""
     if config.init_from:
@@ -177,17 +152,6 @@ def prompt_budget(config: TrainConfig, lm: LatentLM) -> int | None:
             f"span and {answer} answer tokens (reasoner.num_latents, *max_answer_tokens)"
         )
     return context - span - answer
-
-
-def trainer_arguments(config: TrainConfig) -> dict:
-    """Trainer kwargs from `conf/trainer`, with `strategy: fsdp` as FSDP2 (see strategies.py)."""
-    # The DataModule's batch sampler splits every global batch across ranks itself.
-    kwargs = {**config.trainer, "use_distributed_sampler": False}
-    if kwargs.get("strategy") == "fsdp":
-        from lrt.training.strategies import ShardedDataParallel
-
-        kwargs["strategy"] = ShardedDataParallel()
-    return kwargs
 
 
 def final_comparison(

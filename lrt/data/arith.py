@@ -36,8 +36,8 @@ def _bucket(question: str) -> str:
     return "train"
 
 
-def _problem(rng: random.Random, n_ops: int) -> tuple[str, str, int]:
-    """One problem with `n_ops` operations: (question, step-by-step solution, answer)."""
+def _problem(rng: random.Random, n_ops: int) -> tuple[str, list[str], int]:
+    """One problem with `n_ops` operations: (question, its steps, answer)."""
     value = rng.randint(1, 20)
     sentences = [f"Start with {value}."]
     steps = []
@@ -63,7 +63,7 @@ def _problem(rng: random.Random, n_ops: int) -> tuple[str, str, int]:
         steps.append(f"{value} {sign} {amount} = {new}.")
         value = new
     sentences.append("What is the result?")
-    return " ".join(sentences), " ".join(steps), value
+    return " ".join(sentences), steps, value
 
 
 def generate_arith(
@@ -88,14 +88,15 @@ def generate_arith(
     for _ in range(100 * n + 1000):
         if len(records) == n:
             break
-        question, solution, answer = _problem(rng, rng.randint(min_ops, max_ops))
+        question, steps, answer = _problem(rng, rng.randint(min_ops, max_ops))
         if keep is None or keep(question):
             records.append(
                 Record(
                     id=f"arith/{seed}/{len(records)}",
                     question=question,
                     answer=str(answer),
-                    solution=solution,
+                    solution=" ".join(steps),
+                    steps=tuple(steps),
                 )
             )
     if len(records) < n:

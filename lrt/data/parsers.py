@@ -62,6 +62,28 @@ def last_boxed(text: str) -> str | None:
 
 
 _GSM8K_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_ANNOTATION = re.compile(r"<<([^<>]*)>>")
+_EQUATION = re.compile(r"[^=<>]+=[^=<>]+")
+
+
+def calculator_steps(text: str, field_name: str) -> tuple[str, ...]:
+    """The `<<expression=result>>` annotations of `text` (GSM8K's calculator calls, GSM8K-Aug's
+    equation-only CoT), in order: one reasoning step each. A `<<` left open, a `>>` never
+    opened or an annotation that is not one equation is refused, naming the annotation."""
+    steps = []
+    for match in _ANNOTATION.finditer(text):
+        if not _EQUATION.fullmatch(match.group(1).strip()):
+            raise RowError(field_name, f"has a malformed calculator annotation {match.group(0)!r}")
+        steps.append(match.group(1).strip())
+    rest = _ANNOTATION.sub("", text)
+    for marker in ("<<", ">>"):
+        if marker in rest:
+            at = rest.index(marker)
+            raise RowError(
+                field_name,
+                f"has an unbalanced {marker!r} near {rest[at : at + 20]!r}",
+            )
+    return tuple(steps)
 
 
 def parse_gsm8k(row: Mapping[str, Any], default_id: str) -> Record:
@@ -74,8 +96,22 @@ def parse_gsm8k(row: Mapping[str, Any], default_id: str) -> Record:
     answer = final.strip().replace(",", "")
     if not _GSM8K_NUMBER.fullmatch(answer):
         raise RowError("answer", f"has a non-numeric final answer {final.strip()!r}")
-    solution = re.sub(r"<<[^>]*>>", "", solution).strip()
-    return Record(default_id, question.strip(), answer, solution or None)
+    steps = calculator_steps(solution, "answer")
+    solution = _ANNOTATION.sub("", solution).strip()
+    return Record(default_id, question.strip(), answer, solution or None, steps=steps)
+
+
+def parse_gsm8k_aug(row: Mapping[str, Any], default_id: str) -> Record:
+    """GSM8K-Aug (iCoT/Coconut): `question`, an equation-only `cot` (`<<16-3-4=9>> <<9*2=18>>`)
+    whose equations are the steps, and the numeric `answer`."""
+    question = _text(row, "question")
+    cot = _text(row, "cot")
+    answer = _text(row, "answer").strip().replace(",", "")
+    if not _GSM8K_NUMBER.fullmatch(answer):
+        raise RowError("answer", f"is not a number (got {answer!r})")
+    return Record(
+        default_id, question.strip(), answer, cot.strip(), steps=calculator_steps(cot, "cot")
+    )
 
 
 def parse_math(row: Mapping[str, Any], default_id: str) -> Record:

@@ -13,7 +13,10 @@ class Record:
     multiple-choice options live in `choices` as plain texts without their "(A)" prefix, so the
     prompt layer decides how to letter them. `answer` is the gold final answer as a string
     (a number, a LaTeX expression, or a letter A-E); `solution` is a worked solution and
-    `response` a complete answer text, where the dataset has them.
+    `response` a complete answer text, where the dataset has them. `steps` are the solution's
+    explicit reasoning steps, one string each, where the task states them (`arith` solutions,
+    GSM8K's `<<...>>` calculator annotations, GSM8K-Aug's `cot`): what RiM grounds its memory
+    blocks in.
     """
 
     id: str
@@ -25,3 +28,4 @@ class Record:
     """A dataset's own final response, used verbatim as the SFT target with
     `data.prompt.target=response` (OpenR1-Math: the text after the reasoning trace of a
     generation verified correct)."""
+    steps: tuple[str, ...] | None = None

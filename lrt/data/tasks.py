@@ -21,6 +21,7 @@ from lrt.data.parsers import (
     parse_competition,
     parse_deepscaler,
     parse_gsm8k,
+    parse_gsm8k_aug,
     parse_lsat,
     parse_math,
     parse_openr1,
@@ -71,6 +72,14 @@ TASKS: dict[str, TaskSpec] = {
         parse_row=parse_gsm8k,
         hub={s: HubSource("openai/gsm8k", "main", s) for s in ("train", "test")},
         local={"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
+    ),
+    # GSM8K-Aug's equation-only CoT (RiM's steps); its 385k-row train split is not held locally.
+    "gsm8k_aug": TaskSpec(
+        name="gsm8k_aug",
+        grader="numeric",
+        splits=("validation", "test"),
+        parse_row=parse_gsm8k_aug,
+        local={"validation": "gsm8k_aug/valid.jsonl", "test": "gsm8k_aug/test.jsonl"},
     ),
     "math": TaskSpec(
         name="math",

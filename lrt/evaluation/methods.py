@@ -15,6 +15,7 @@ from typing import Any
 
 METHODS: dict[str, str] = {
     "stir_library": "lrt.baselines.stir.decode:load_libraries",
+    "rim": "lrt.baselines.rim.evaluation:load_rim",
 }
 """evaluate.yaml key -> `module:function` loading the method's checkpoints."""
 

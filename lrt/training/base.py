@@ -43,6 +43,8 @@ class StageModule(L.LightningModule):
 
     stage_name = "sft"
     """Recorded in checkpoints, so a GRPO run refuses to resume from an SFT checkpoint."""
+    eval_mode = "lrt"
+    """The mode validation decodes in (RiM's stage validates its own)."""
 
     def __init__(
         self,
@@ -169,12 +171,12 @@ class StageModule(L.LightningModule):
         self._val_counts = torch.zeros(2, dtype=torch.float64)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """Greedy `lrt` answers on this rank's shard of the fixed validation slice, graded by
+        """Greedy `eval_mode` answers on this rank's shard of the fixed validation slice, graded by
         the task's grader (padding examples, slot -1, are decoded but not counted)."""
         prefix = self.lm.encode(batch["input_ids"], batch["attention_mask"])
         gen = self.lm.generate(
             prefix,
-            "lrt",
+            self.eval_mode,
             max_answer_tokens=self.answer_tokens,
             all_done=self.all_done,
         )
