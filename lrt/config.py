@@ -8,7 +8,7 @@ unknown key or a bad value anywhere fails with one line naming it, before anythi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,17 @@ def check_renamed(raw: dict[str, Any]) -> None:
             raise ConfigError(f"{old} is now {new}")
 
 
+def check_top_level(raw: dict[str, Any]) -> None:
+    """A key at the top of the composition that no group owns (`+foo=1`, a typo of a group
+    name) is refused like an unknown key inside a group."""
+    known = {f.name for f in fields(TrainConfig)} | {"hydra"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {unknown[0]!r}; known top-level keys: {', '.join(sorted(known))}"
+        )
+
+
 def check_path(key: str, value: str | None) -> None:
     if value is not None and not Path(value).exists():
         raise ConfigError(f"{key}={value} does not exist")
@@ -125,6 +136,7 @@ def check_path(key: str, value: str | None) -> None:
 def validate_train(cfg: DictConfig | dict[str, Any]) -> TrainConfig:
     """Validate a `train.yaml` composition into typed settings; a ConfigError names the key."""
     raw = plain(cfg)
+    check_top_level(raw)
     check_renamed(raw)
     stage = raw.get("stage") or {}
     settings = get_stage(str(stage.get("name"))).settings

@@ -12,7 +12,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
 from lrt.config import validate_train
-from lrt.errors import ConfigError
+from lrt.errors import ConfigError, DataError, NonFiniteLossError
 from lrt.reasoner import Reasoner, ReasonerConfig, load_reasoner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +93,10 @@ def test_three_steps_write_checkpoint_and_reasoner(tmp_path: Path) -> None:
         ),
         ("+trainer.gradient_clip_val=0.5", "set stage.max_grad_norm instead"),
         ("stage.micro_batch_size=3", "stage.batch_size=16 must be a multiple of stage.micro_ba"),
+        ("+stage.foo=1", "unknown key 'stage.foo'"),
+        ("stage.optim.lr=-1", "stage.optim.lr=-1.0 must be positive"),
+        ("+foo=1", "unknown key 'foo'"),
+        ("data.options.max_factor=1", "data.options.max_factor=1 must be an integer >= 2"),
     ],
 )
 def test_invalid_values_fail_before_loading(compose_train, override: str, message: str) -> None:
@@ -123,14 +127,36 @@ def test_every_shipped_config_composes(compose_train) -> None:
                 validate_train(cfg)
 
 
-@pytest.mark.parametrize("data", ["gsm8k", "gsm8k_local", "math", "math_local"])
+def test_every_model_takes_its_memory_keys_without_a_plus(compose_train) -> None:
+    """`model.activation_checkpointing` and `model.attn_implementation` are keys of every
+    model config, so the README's overrides work as written (Hydra refuses a key a config
+    does not have unless it is given as `+key`)."""
+    for path in (ROOT / "conf" / "model").glob("*.yaml"):
+        cfg = compose_train(
+            f"model={path.stem}",
+            "model.activation_checkpointing=true",
+            "model.attn_implementation=eager",
+        )
+        model = validate_train(cfg).model
+        assert model.activation_checkpointing and model.attn_implementation == "eager"
+
+
+@pytest.mark.parametrize(
+    "data", ["gsm8k", "gsm8k_local", "math", "math_local", "openr1_math", "deepscaler"]
+)
 def test_validation_never_reads_the_test_split(compose_train, data: str) -> None:
     """No shipped config picks `reasoner/best` on test questions; pointing validation at the
     test split is refused, naming both keys, unless explicitly allowed."""
     cfg = compose_train(f"data={data}")
     assert cfg.data.val.from_train and "split" not in cfg.data.val
     with open_dict(cfg):
-        cfg.data.val = {"split": cfg.data.test.split, "path": cfg.data.test.path, "limit": 8}
+        test = cfg.data.test  # OpenR1 and DeepScaleR test on MATH-500: another task's split
+        cfg.data.val = {
+            "split": test.split,
+            "path": test.path,
+            "task": test.get("task"),
+            "limit": 8,
+        }
     with pytest.raises(ConfigError, match="data.val and data.test both read task"):
         validate_train(cfg)
     with open_dict(cfg):
@@ -223,3 +249,27 @@ def test_an_experiment_overrides_train_yaml_own_keys(compose_train) -> None:
     cfg = compose_train("experiment=paper_sft")
     assert list(cfg.final_eval.modes) == ["lrt", "direct", "nothink"]
     assert compose_train("experiment=stir_smollm2_arith").final_eval.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("raised", "resumable"),
+    [
+        (RuntimeError("out of memory"), True),
+        (NonFiniteLossError("loss is nan"), True),
+        (DataError("train.jsonl:3: field 'answer' is missing"), False),
+    ],
+)
+def test_a_stop_names_the_resume_command_only_when_resuming_helps(
+    compose_train, train_script, monkeypatch, tmp_path: Path, raised: Exception, resumable: bool
+) -> None:
+    """A crash or a guard stop carries its run folder, which `train.py` turns into the command
+    that resumes it; bad data does not, since resuming would fail the same way."""
+
+    def fail(*_args: object) -> None:
+        raise raised
+
+    monkeypatch.setattr(train_script, "train_reasoner", fail)
+    cfg = compose_train("model=tiny_random", f"run_dir={tmp_path / 'run'}")
+    with pytest.raises(type(raised)) as caught:
+        train_script.run(cfg)
+    assert (getattr(caught.value, "run_dir", None) == tmp_path / "run") is resumable
