@@ -30,7 +30,7 @@ from lrt.backbone import Backbone, load_backbone
 from lrt.config import RENAMED, TrainConfig, validate_train
 from lrt.data.datamodule import LRTDataModule
 from lrt.data.loading import load_limited_split
-from lrt.errors import ConfigError
+from lrt.errors import CheckpointError, ConfigError, DataError
 from lrt.evaluation.predict import mode_rows
 from lrt.latent_lm import LatentLM
 from lrt.loggers import build_loggers
@@ -113,8 +113,10 @@ def run(cfg: DictConfig) -> Path:
     try:
         return get_stage(config.stage.name).run(config, run_dir, hyperparams)
     except Exception as err:
-        if not isinstance(err, Stopped | ConfigError):
-            err.run_dir = run_dir  # the entry point prints the command that resumes it
+        # A guard stop or a crash can be resumed: the entry point prints the command. Bad
+        # input (config, data, checkpoint) cannot: resuming would fail the same way.
+        if not isinstance(err, Stopped | ConfigError | DataError | CheckpointError):
+            err.run_dir = run_dir
         raise
 
 

@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from lrt.checkpoint import check_base_model
 from lrt.errors import CheckpointError, NonFiniteLossError
 from lrt.grading import grade
 from lrt.latent_lm import LatentLM
@@ -265,11 +266,7 @@ class StageModule(L.LightningModule):
         meta = checkpoint.get("lrt")
         if meta is None:
             raise CheckpointError("checkpoint has no 'lrt' metadata: not written by lrt")
-        if meta["base_model"] != self.lm.backbone.name:
-            raise CheckpointError(
-                f"checkpoint was trained for base model {meta['base_model']!r}, "
-                f"not {self.lm.backbone.name!r}"
-            )
+        check_base_model(meta["base_model"], self.lm.backbone.name, "checkpoint")
         saved_k = meta["reasoner_config"]["num_latents"]
         if saved_k != self.reasoner.config.num_latents:
             raise CheckpointError(

@@ -24,6 +24,7 @@ from lrt.baselines.rim.lora import set_dropout
 from lrt.baselines.rim.model import MODE, RiMLM, layout_meta
 from lrt.baselines.rim.settings import RiMSettings
 from lrt.baselines.rim.steps import block_weights, step_texts
+from lrt.checkpoint import check_base_model
 from lrt.data.records import Record
 from lrt.errors import CheckpointError, ConfigError
 from lrt.training.base import StageModule
@@ -163,11 +164,7 @@ class RiMModule(StageModule):
             raise CheckpointError(
                 f"checkpoint is of stage {meta.get('stage')!r}, not {self.stage_name!r}"
             )
-        if meta["base_model"] != self.lm.backbone.name:
-            raise CheckpointError(
-                f"checkpoint was trained for base model {meta['base_model']!r}, "
-                f"not {self.lm.backbone.name!r}"
-            )
+        check_base_model(meta["base_model"], self.lm.backbone.name, "checkpoint")
         if meta["rim"] != layout_meta(self.settings):
             raise CheckpointError(
                 f"checkpoint has RiM layout {meta['rim']}, but this run's stage settings give "
