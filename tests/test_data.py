@@ -155,6 +155,20 @@ def test_arith_options_through_load_task() -> None:
     assert not {r.question for r in easy} & {r.question for r in train}
 
 
+def test_arith_amounts_bound_every_number() -> None:
+    """`max_amount` and `max_factor` bound what is added, subtracted and multiplied (the
+    default job's easier task); the defaults draw the same questions as before they existed."""
+    small = load_task("arith", "test", limit=300, max_ops=2, max_amount=20, max_factor=4)
+    amounts = [int(n) for r in small for n in re.findall(r"(?:Add|Subtract) (\d+)", r.question)]
+    factors = [int(n) for r in small for n in re.findall(r"Multiply by (\d+)", r.question)]
+    assert max(amounts) == 20 and max(factors) == 4 and min(factors) == 2
+    wide = load_task("arith", "test", limit=300, max_ops=2)
+    assert max(int(n) for r in wide for n in re.findall(r"(?:Add|Subtract) (\d+)", r.question)) > 20
+    assert wide == load_task("arith", "test", limit=300, max_ops=2, max_amount=30, max_factor=5)
+    with pytest.raises(ConfigError, match="data.options.max_factor=1 must be an integer >= 2"):
+        load_task("arith", "test", limit=3, max_factor=1)
+
+
 def test_arith_bad_args() -> None:
     with pytest.raises(ConfigError, match="min_ops <= max_ops"):
         generate_arith(5, seed=0, min_ops=3, max_ops=2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from lrt.data.records import Record
 from lrt.errors import ConfigError, DataError
@@ -36,9 +37,32 @@ def _bucket(question: str) -> str:
     return "train"
 
 
-def _problem(rng: random.Random, n_ops: int) -> tuple[str, list[str], int]:
+@dataclass(frozen=True)
+class ArithOptions:
+    """The generator's settings (`data.options`): how many operations, and the largest
+    numbers a problem uses. Smaller amounts make an easier task at the same number of
+    operations; the default job's task is sized this way (`conf/data/arith.yaml`)."""
+
+    min_ops: int = 1
+    max_ops: int = 6
+    max_start: int = 20
+    """The start value is drawn from 1..max_start."""
+    max_amount: int = 30
+    """An added or subtracted amount is drawn from 1..max_amount."""
+    max_factor: int = 5
+    """A multiplier is drawn from 2..max_factor."""
+
+    def __post_init__(self) -> None:
+        lowest = {"min_ops": 1, "max_ops": self.min_ops, "max_start": 1, "max_amount": 1}
+        for name, low in (*lowest.items(), ("max_factor", 2)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"data.options.{name}={value!r} must be an integer >= {low}")
+
+
+def _problem(rng: random.Random, n_ops: int, amounts: ArithOptions) -> tuple[str, list[str], int]:
     """One problem with `n_ops` operations: (question, its steps, answer)."""
-    value = rng.randint(1, 20)
+    value = rng.randint(1, amounts.max_start)
     sentences = [f"Start with {value}."]
     steps = []
     for _ in range(n_ops):
@@ -49,15 +73,16 @@ def _problem(rng: random.Random, n_ops: int) -> tuple[str, list[str], int]:
             ops.append("multiply")
         op = rng.choice(ops)
         if op == "add":
-            amount = rng.randint(1, min(30, MAX_VALUE - value))
+            amount = rng.randint(1, min(amounts.max_amount, MAX_VALUE - value))
             sentences.append(f"Add {amount}.")
             new, sign = value + amount, "+"
         elif op == "subtract":
-            amount = rng.randint(1, min(30, value))
+            amount = rng.randint(1, min(amounts.max_amount, value))
             sentences.append(f"Subtract {amount}.")
             new, sign = value - amount, "-"
         else:
-            amount = rng.randint(2, min(5, MAX_VALUE // value if value else 5))
+            top = MAX_VALUE // value if value else amounts.max_factor
+            amount = rng.randint(2, min(amounts.max_factor, top))
             sentences.append(f"Multiply by {amount}.")
             new, sign = value * amount, "*"
         steps.append(f"{value} {sign} {amount} = {new}.")
@@ -72,6 +97,7 @@ def generate_arith(
     min_ops: int = 1,
     max_ops: int = 6,
     *,
+    amounts: ArithOptions = ArithOptions(),
     keep: Callable[[str], bool] | None = None,
 ) -> list[Record]:
     """`n` problems drawn deterministically from `seed`, difficulty uniform in [min_ops, max_ops].
@@ -88,7 +114,7 @@ def generate_arith(
     for _ in range(100 * n + 1000):
         if len(records) == n:
             break
-        question, steps, answer = _problem(rng, rng.randint(min_ops, max_ops))
+        question, steps, answer = _problem(rng, rng.randint(min_ops, max_ops), amounts)
         if keep is None or keep(question):
             records.append(
                 Record(
@@ -107,12 +133,20 @@ def generate_arith(
 
 
 def load_arith(
-    split: str, limit: int | None = None, min_ops: int = 1, max_ops: int = 6
+    split: str,
+    limit: int | None = None,
+    **options: int,
 ) -> list[Record]:
     """The `arith` task's split: its own seed and its own hash bucket of question texts."""
+    amounts = ArithOptions(**options)
     if split not in SPLITS:
         raise ConfigError(f"Unknown split {split!r} for task 'arith'; known splits: {SPLITS}.")
     n = SPLIT_SIZES[split] if limit is None else limit
     return generate_arith(
-        n, _SPLIT_SEEDS[split], min_ops, max_ops, keep=lambda q: _bucket(q) == split
+        n,
+        _SPLIT_SEEDS[split],
+        amounts.min_ops,
+        amounts.max_ops,
+        amounts=amounts,
+        keep=lambda q: _bucket(q) == split,
     )

@@ -118,6 +118,7 @@ class DataConfig:
                 f"data.max_prompt_tokens={self.max_prompt_tokens} must be a positive integer "
                 "or null"
             )
+        TASKS[self.task].check_options(self.options)
         for key in ("train", "val", "test"):
             split = getattr(self, key)
             if split is not None:

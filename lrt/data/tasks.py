@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from lrt.data.arith import SPLITS as ARITH_SPLITS
-from lrt.data.arith import load_arith
+from lrt.data.arith import ArithOptions, load_arith
 from lrt.data.parsers import (
     RowError,
     parse_competition,
@@ -50,7 +50,21 @@ class TaskSpec:
     hub: Mapping[str, HubSource] = field(default_factory=dict)
     local: Mapping[str, str] = field(default_factory=dict)
     generate: Callable[..., list[Record]] | None = None
-    options: tuple[str, ...] = ()
+    options: type | None = None
+    """A generated task's settings dataclass: its fields are the `data.options` keys, and
+    building it checks their values."""
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Refuse an option the task does not take, or a bad value, naming the key."""
+        known = [f.name for f in fields(self.options)] if self.options else []
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"Unknown option {unknown[0]!r} for task {self.name!r}; known options: "
+                f"{', '.join(known) or 'none'}."
+            )
+        if self.options is not None:
+            self.options(**options)
 
 
 def _lsat(name: str, subset: str, local: dict[str, str]) -> TaskSpec:
@@ -145,7 +159,7 @@ TASKS: dict[str, TaskSpec] = {
         grader="numeric",
         splits=ARITH_SPLITS,
         generate=load_arith,
-        options=("min_ops", "max_ops"),
+        options=ArithOptions,
     ),
 }
 
@@ -199,12 +213,7 @@ def load_task(
         raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer or None, got {limit!r}.")
-    unknown = sorted(set(options) - set(spec.options))
-    if unknown:
-        known = ", ".join(spec.options) or "none"
-        raise ConfigError(
-            f"Unknown option {unknown[0]!r} for task {name!r}; known options: {known}."
-        )
+    spec.check_options(options)
     if spec.generate is not None:
         if path is not None:
             raise ConfigError(f"Task {name!r} is generated and takes no path (got {path!r}).")
