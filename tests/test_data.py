@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -165,6 +166,13 @@ def test_arith_amounts_bound_every_number() -> None:
     wide = load_task("arith", "test", limit=300, max_ops=2)
     assert max(int(n) for r in wide for n in re.findall(r"(?:Add|Subtract) (\d+)", r.question)) > 20
     assert wide == load_task("arith", "test", limit=300, max_ops=2, max_amount=30, max_factor=5)
+    # The questions every earlier measurement used (1-2 operations, the wide amounts): a digest
+    # of the 500 test questions as the generator drew them before these options existed.
+    earlier = load_task("arith", "test", max_ops=2, max_amount=30, max_factor=5)
+    digest = hashlib.sha256("".join(r.question for r in earlier).encode()).hexdigest()
+    assert digest[:16] == "41e5b2666c947a01"
+    sums = load_task("arith", "test", limit=100, max_ops=3, operations=["add", "subtract"])
+    assert not any("Multiply" in r.question for r in sums)
     with pytest.raises(ConfigError, match="data.options.max_factor=1 must be an integer >= 2"):
         load_task("arith", "test", limit=3, max_factor=1)
 

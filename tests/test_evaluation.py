@@ -17,7 +17,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lrt.backbone import Backbone
 from lrt.data.prompts import PromptConfig, format_prompt
@@ -292,6 +292,15 @@ def test_unknown_task_is_refused() -> None:
     option, as it does for every group."""
     with pytest.raises(MissingConfigException, match="Could not load 'tasks/sudoku'"):
         load_tasks(compose_eval("tasks=[arith,sudoku]"))
+
+
+def test_evaluation_may_read_the_validation_split() -> None:
+    """Evaluation reads only `data.test`, so pointing it at the validation split (to check a
+    run's validation figure) is allowed; only training refuses validation == test."""
+    cfg = compose_eval("data.test.split=validation", "limit=3")
+    options = OmegaConf.to_container(cfg.data.options)
+    expected = load_task("arith", "validation", limit=3, **options)
+    assert load_tasks(cfg)[0].records == expected
 
 
 def test_paper_preset_is_the_papers_protocol() -> None:

@@ -17,6 +17,7 @@ from lrt.errors import ConfigError, DataError
 
 MAX_VALUE = 999
 """Every intermediate value stays in [0, MAX_VALUE]."""
+OPERATIONS = ("add", "subtract", "multiply")
 
 SPLITS = ("train", "validation", "test")
 SPLIT_SIZES = {"train": 20000, "validation": 500, "test": 500}
@@ -51,8 +52,17 @@ class ArithOptions:
     """An added or subtracted amount is drawn from 1..max_amount."""
     max_factor: int = 5
     """A multiplier is drawn from 2..max_factor."""
+    operations: tuple[str, ...] = OPERATIONS
+    """Which operations a step may use (`[add, subtract]`: sums only)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "operations", tuple(self.operations))
+        bad = [op for op in self.operations if op not in OPERATIONS]
+        if bad or not self.operations:
+            raise ConfigError(
+                f"data.options.operations={list(self.operations)} must be a non-empty list of "
+                f"{', '.join(OPERATIONS)}"
+            )
         lowest = {"min_ops": 1, "max_ops": self.min_ops, "max_start": 1, "max_amount": 1}
         for name, low in (*lowest.items(), ("max_factor", 2)):
             value = getattr(self, name)
@@ -66,11 +76,14 @@ def _problem(rng: random.Random, n_ops: int, amounts: ArithOptions) -> tuple[str
     sentences = [f"Start with {value}."]
     steps = []
     for _ in range(n_ops):
-        ops = ["add"] if value + 1 <= MAX_VALUE else []
-        if value >= 1:
-            ops.append("subtract")
-        if value * 2 <= MAX_VALUE:
-            ops.append("multiply")
+        possible = {
+            "add": value < MAX_VALUE,
+            "subtract": value >= 1,
+            "multiply": value * 2 <= MAX_VALUE,
+        }
+        ops = [op for op in OPERATIONS if possible[op] and op in amounts.operations]
+        if not ops:  # e.g. subtraction alone has reached 0: the problem ends here
+            break
         op = rng.choice(ops)
         if op == "add":
             amount = rng.randint(1, min(amounts.max_amount, MAX_VALUE - value))
