@@ -123,7 +123,6 @@ class DataConfig:
             split = getattr(self, key)
             if split is not None:
                 split.check(key, self.task)
-        self._check_val_is_not_test()
 
     def _check_val_is_not_test(self) -> None:
         if self.val is None or self.test is None or self.allow_val_on_test:
@@ -138,10 +137,13 @@ class DataConfig:
             )
 
     def require_training_splits(self) -> None:
-        """What a training stage needs on top: a train and a validation split."""
+        """What a training stage needs on top: a train and a validation split, and validation
+        that does not read the test split (evaluation reads only `test`, so it is not held to
+        this)."""
         for key in ("train", "val"):
             if getattr(self, key) is None:
                 raise ConfigError(
                     f"data.{key} is null: data.task={self.task!r} is an evaluation-only task "
                     "here; train on another task and evaluate this one with evaluate.py"
                 )
+        self._check_val_is_not_test()

@@ -45,7 +45,7 @@ from lrt.loggers import build_loggers
 from lrt.modes import DecodeConfig, mode_labels, mode_of, needs_reasoner, of_base
 from lrt.plots import pareto_plot, sweep_plot
 from lrt.report import comparison_columns, print_table
-from lrt.schema import plain, typed
+from lrt.schema import typed
 
 log = logging.getLogger("lrt.evaluate")
 
@@ -107,9 +107,7 @@ def load_tasks(cfg: DictConfig) -> list[EvalTask]:
     tasks = []
     for name, node in chosen.items():
         where = f"tasks.{name}" if cfg.get("tasks") else "data"
-        # Only the test split is read here, so the training rule that validation never reads
-        # it does not apply (`data.test.split=validation` evaluates the validation split).
-        data = typed(DataConfig, {**plain(node), "allow_val_on_test": True}, where)
+        data = typed(DataConfig, node, where)
         if data.test is None:
             raise ConfigError(f"{where}.test is null: task {name!r} has no test split")
         split = data.test if cfg.limit is None else replace(data.test, limit=int(cfg.limit))
