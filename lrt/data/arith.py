@@ -63,16 +63,22 @@ class ArithOptions:
                 f"data.options.operations={list(self.operations)} must be a non-empty list of "
                 f"{', '.join(OPERATIONS)}"
             )
-        lowest = {"min_ops": 1, "max_ops": self.min_ops, "max_start": 1, "max_amount": 1}
-        for name, low in (*lowest.items(), ("max_factor", 2)):
+        lowest = {
+            "min_ops": 1,
+            "max_ops": self.min_ops,
+            "max_start": 1,
+            "max_amount": 1,
+            "max_factor": 2,
+        }
+        for name, low in lowest.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"data.options.{name}={value!r} must be an integer >= {low}")
 
 
-def _problem(rng: random.Random, n_ops: int, amounts: ArithOptions) -> tuple[str, list[str], int]:
+def _problem(rng: random.Random, n_ops: int, options: ArithOptions) -> tuple[str, list[str], int]:
     """One problem with `n_ops` operations: (question, its steps, answer)."""
-    value = rng.randint(1, amounts.max_start)
+    value = rng.randint(1, options.max_start)
     sentences = [f"Start with {value}."]
     steps = []
     for _ in range(n_ops):
@@ -81,21 +87,21 @@ def _problem(rng: random.Random, n_ops: int, amounts: ArithOptions) -> tuple[str
             "subtract": value >= 1,
             "multiply": value * 2 <= MAX_VALUE,
         }
-        ops = [op for op in OPERATIONS if possible[op] and op in amounts.operations]
+        ops = [op for op in OPERATIONS if possible[op] and op in options.operations]
         if not ops:  # e.g. subtraction alone has reached 0: the problem ends here
             break
         op = rng.choice(ops)
         if op == "add":
-            amount = rng.randint(1, min(amounts.max_amount, MAX_VALUE - value))
+            amount = rng.randint(1, min(options.max_amount, MAX_VALUE - value))
             sentences.append(f"Add {amount}.")
             new, sign = value + amount, "+"
         elif op == "subtract":
-            amount = rng.randint(1, min(amounts.max_amount, value))
+            amount = rng.randint(1, min(options.max_amount, value))
             sentences.append(f"Subtract {amount}.")
             new, sign = value - amount, "-"
         else:
-            top = MAX_VALUE // value if value else amounts.max_factor
-            amount = rng.randint(2, min(amounts.max_factor, top))
+            top = MAX_VALUE // value if value else options.max_factor
+            amount = rng.randint(2, min(options.max_factor, top))
             sentences.append(f"Multiply by {amount}.")
             new, sign = value * amount, "*"
         steps.append(f"{value} {sign} {amount} = {new}.")
@@ -110,24 +116,26 @@ def generate_arith(
     min_ops: int = 1,
     max_ops: int = 6,
     *,
-    amounts: ArithOptions = ArithOptions(),
     keep: Callable[[str], bool] | None = None,
+    **amounts: object,
 ) -> list[Record]:
     """`n` problems drawn deterministically from `seed`, difficulty uniform in [min_ops, max_ops].
 
-    `keep` filters question texts (drawing goes on until `n` are kept); `load_arith` uses it to
-    keep splits disjoint.
+    `amounts` are the other `ArithOptions` (`max_amount`, `max_factor`, ...). `keep` filters
+    question texts (drawing goes on until `n` are kept); `load_arith` uses it to keep splits
+    disjoint.
     """
     if n < 0:
         raise ConfigError(f"arith: n must be >= 0, got {n}.")
     if not 1 <= min_ops <= max_ops:
         raise ConfigError(f"arith: need 1 <= min_ops <= max_ops, got {min_ops} and {max_ops}.")
+    options = ArithOptions(min_ops, max_ops, **amounts)
     rng = random.Random(seed)
     records: list[Record] = []
     for _ in range(100 * n + 1000):
         if len(records) == n:
             break
-        question, steps, answer = _problem(rng, rng.randint(min_ops, max_ops), amounts)
+        question, steps, answer = _problem(rng, rng.randint(min_ops, max_ops), options)
         if keep is None or keep(question):
             records.append(
                 Record(
@@ -148,18 +156,11 @@ def generate_arith(
 def load_arith(
     split: str,
     limit: int | None = None,
-    **options: int,
+    **options: object,
 ) -> list[Record]:
-    """The `arith` task's split: its own seed and its own hash bucket of question texts."""
-    amounts = ArithOptions(**options)
+    """The `arith` task's split: its own seed and its own hash bucket of question texts;
+    `options` are `ArithOptions` fields (`conf/data/arith.yaml`)."""
     if split not in SPLITS:
         raise ConfigError(f"Unknown split {split!r} for task 'arith'; known splits: {SPLITS}.")
     n = SPLIT_SIZES[split] if limit is None else limit
-    return generate_arith(
-        n,
-        _SPLIT_SEEDS[split],
-        amounts.min_ops,
-        amounts.max_ops,
-        amounts=amounts,
-        keep=lambda q: _bucket(q) == split,
-    )
+    return generate_arith(n, _SPLIT_SEEDS[split], keep=lambda q: _bucket(q) == split, **options)
