@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -40,6 +40,23 @@ class Generation:
     extra_positions: list[int] | None = None
     """Positions a steered decoder processed per row besides the decoded tokens (probes,
     steered re-feeds and unsteered recomputes)."""
+
+    def select(self, rows: list[int]) -> Generation:
+        """The continuations of `rows` only, in that order."""
+
+        def pick(values: list | None) -> list | None:
+            return None if values is None else [values[i] for i in rows]
+
+        return replace(
+            self,
+            token_ids=pick(self.token_ids),
+            texts=pick(self.texts),
+            num_generated=pick(self.num_generated),
+            mean_logprob=self.mean_logprob[rows],
+            truncated=pick(self.truncated),
+            probe_tokens=pick(self.probe_tokens),
+            extra_positions=pick(self.extra_positions),
+        )
 
 
 class Decoder:

@@ -62,6 +62,14 @@ class Prefix:
 
         return Prefix(cache, rep(self.mask), rep(self.hidden), rep(self.last_logits), self.opened)
 
+    def select(self, rows: torch.Tensor) -> Prefix:
+        """The prefix of `rows` only. The cache is narrowed in place (no copy of the keys and
+        values of the rows dropped), so this prefix is spent: use the returned one."""
+        self.cache.batch_select_indices(rows)
+        return Prefix(
+            self.cache, self.mask[rows], self.hidden[rows], self.last_logits[rows], self.opened
+        )
+
 
 @contextmanager
 def capture_layer(decoder: nn.Module, index: int | None) -> Iterator[dict[str, torch.Tensor]]:

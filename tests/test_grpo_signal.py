@@ -7,13 +7,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from lrt.backbone import BackboneConfig, load_backbone
 from lrt.data.prompts import PromptConfig
 from lrt.data.records import Record
 from lrt.data.tasks import load_task
 from lrt.evaluation.predict import predict
-from lrt.latent_lm import LatentLM
+from lrt.decoding import Generation
+from lrt.latent_lm import LatentLM, Prefix
 from lrt.modes import DecodeConfig
 from lrt.reasoner import build_reasoner
 from lrt.training.difficulty import PassRates
@@ -67,13 +69,19 @@ def fake_module(settings: GRPOSettings, rates: PassRates | None = None) -> Simpl
         qs = input_ids[:, 0].tolist()
         rolled.append(qs)
         correct = torch.tensor([[q % 2 == 1, False] for q in qs]).reshape(-1)
-        n = len(qs) * G
+        n, b = len(qs) * G, len(qs)
+        # Each sample's latent holds its question, so what a step keeps can be read back.
+        latents = torch.tensor(qs, dtype=torch.float).repeat_interleave(G).view(n, 1, 1)
+        prefix = Prefix(DynamicCache(), torch.ones(b, 1), torch.zeros(b, 1, 1), torch.zeros(b, 1))
+        texts = [str(int(c)) for c in correct]
+        generation = Generation([[1]] * n, texts, [1] * n, torch.zeros(n), [False] * n)
         return Rollout(
-            prefix=None, latents=torch.zeros(n, 1, 1), noise=None, old_latent_logp=None,
+            prefix=prefix, latents=latents, noise=None, old_latent_logp=None,
             answer_ids=None, answer_mask=None, old_answer_logp=None, ref_answer_logp=None,
             rewards=correct.float(), correct=correct, advantages=torch.ones(n),
             mask=torch.ones(n, 3), zero_std=zero_std_groups(correct.float(), G),
-            real=(slots >= 0).repeat_interleave(G), generation=None, records=records,
+            real=(slots >= 0).repeat_interleave(G), generation=generation,
+            records=[r for r in records for _ in range(G)],
         )  # fmt: skip
 
     trainer = SimpleNamespace(datamodule=FakeData(), global_rank=0, world_size=1)
@@ -97,15 +105,13 @@ def test_dynamic_sampling_keeps_the_first_b_informative_groups_and_stops() -> No
     rollouts, stats = pool_rollouts(module, step=0)
     # round 1 (questions 0-3) gives 1 and 3, round 2 (4-7) gives 5 and 7: stop at 3 kept
     assert module.rolled == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    kept = [
-        q
-        for r, qs in zip(rollouts, module.rolled, strict=True)
-        for q, real in zip(qs, r.real.view(-1, G)[:, 0].tolist(), strict=True)
-        if real
-    ]
-    assert kept == [1, 3, 5]
-    for r in rollouts:  # dropped groups carry no advantage and no loss tokens
-        assert torch.equal(r.mask.sum(1) > 0, r.real) and torch.all(r.advantages[~r.real] == 0)
+    # The rollouts the loss sees hold only the kept groups (round 2's 7 is informative but
+    # beyond B), every field narrowed alike, so the loss passes cost what the step trains on.
+    for r, kept in zip(rollouts, [[1, 3], [5]], strict=True):
+        assert r.latents.view(-1, G)[:, 0].tolist() == kept and bool(r.real.all())
+        assert [rec.id for rec in r.records[::G]] == [str(q) for q in kept]
+        assert r.generation.texts == ["1", "0"] * len(kept) and r.prefix.batch_size == len(kept)
+        assert r.zero_std.tolist() == [False] * len(kept) and r.mask.shape == (len(kept) * G, 3)
     assert stats == {
         "pool/rolled_out": 8.0,
         "pool/informative_share": 0.5,

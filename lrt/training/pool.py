@@ -27,13 +27,19 @@ if TYPE_CHECKING:
     from lrt.training.grpo import GRPOModule
 
 
-def _keep_only(rollout: Rollout, keep: torch.Tensor, group_size: int) -> None:
-    """Mask out the groups not kept ([B] bool): no advantage, no loss tokens, not counted.
-    (They stay in the rollout so every rank runs the same passes, which FSDP needs.)"""
+def _keep_only(rollout: Rollout, keep: torch.Tensor, group_size: int) -> Rollout:
+    """The rollout narrowed to the groups kept ([B] bool), so the loss passes cost only what
+    the step trains on. A chunk with none kept keeps its first group, masked out (no advantage,
+    no loss tokens, not counted): every rank still runs the same passes, which DDP and FSDP
+    need."""
+    if bool(keep.all()):
+        return rollout
     rows = keep.to(rollout.real.device).repeat_interleave(group_size)
     rollout.real = rollout.real & rows
     rollout.advantages = rollout.advantages * rows
     rollout.mask = rollout.mask * rows.unsqueeze(1).to(rollout.mask.dtype)
+    questions = keep.nonzero().flatten() if bool(keep.any()) else torch.zeros(1, dtype=torch.long)
+    return rollout.select_groups(questions, group_size)
 
 
 def pool_rollouts(module: GRPOModule, step: int) -> tuple[list[Rollout], dict[str, float]]:
@@ -91,8 +97,10 @@ def pool_rollouts(module: GRPOModule, step: int) -> tuple[list[Rollout], dict[st
                 kept.add(slot)
             elif informative and len(kept) < s.batch_size:
                 kept.add(slot)
-        for part, r in chunks:
-            _keep_only(r, torch.tensor([slot in kept for slot, _ in part]), g)
+        chunks = [
+            (part, _keep_only(r, torch.tensor([slot in kept for slot, _ in part]), g))
+            for part, r in chunks
+        ]
         if any(slot in kept for slot, *_ in seen):
             rollouts += [r for _, r in chunks]
         if s.dynamic_sampling.enabled and len(kept) >= s.batch_size:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -45,3 +45,28 @@ class Rollout:
     generation: Generation
     records: list[Record]
     """One per sample (each question's record repeated G times)."""
+
+    def select_groups(self, questions: torch.Tensor, group_size: int) -> Rollout:
+        """The rollout of the `questions` given (indices into its B) with their G samples each.
+
+        Dynamic sampling keeps only some of a round's groups; narrowing the rollout to them
+        makes the loss passes (through the base, in answer exploration) cost what the step
+        trains on rather than every candidate rolled out. The prefix's cache is narrowed in
+        place, so this rollout is spent.
+        """
+        rows = (questions.unsqueeze(1) * group_size + torch.arange(group_size)).reshape(-1)
+        picked = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name == "prefix":
+                value = value.select(questions.to(value.mask.device))
+            elif field.name == "zero_std":
+                value = value[questions.to(value.device)]
+            elif field.name == "generation":
+                value = value.select(rows.tolist())
+            elif field.name == "records":
+                value = [value[i] for i in rows.tolist()]
+            elif value is not None:
+                value = value[rows.to(value.device)]
+            picked[field.name] = value
+        return Rollout(**picked)
