@@ -13,8 +13,8 @@ from lrt.backbone import BackboneConfig, load_backbone
 from lrt.data.prompts import PromptConfig
 from lrt.data.records import Record
 from lrt.data.tasks import load_task
-from lrt.evaluation.predict import predict
 from lrt.decoding import Generation
+from lrt.evaluation.predict import predict
 from lrt.latent_lm import LatentLM, Prefix
 from lrt.modes import DecodeConfig
 from lrt.reasoner import build_reasoner
