@@ -175,6 +175,8 @@ def test_two_rank_grpo_ends_with_the_single_process_weights(
     grpo = [
         *TINY,
         "stage=grpo",
+        "stage.exploration=latent",
+        "stage.temperature=0",  # greedy answers: all the randomness is the keyed latent noise
         "stage.batch_size=3",  # 2 + 1 questions
         "stage.num_generations=3",
         "stage.max_answer_tokens=4",

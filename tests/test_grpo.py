@@ -494,6 +494,7 @@ def test_train_grpo_two_steps(tmp_path: Path) -> None:
     overrides = [
         "model=tiny_random",
         "stage=grpo",
+        "stage.exploration=latent",  # learned sigma and its KL are latent-exploration features
         f"init_from={tmp_path / 'init'}",
         f"hydra.run.dir={run_dir}",
         "stage.max_steps=2",

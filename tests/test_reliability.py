@@ -57,6 +57,7 @@ SFT = [
 GRPO = [
     *TINY,
     "stage=grpo",
+    "stage.exploration=latent",  # Gaussian latents (learned sigma) and sampled answer decoding
     "stage.max_steps=16",
     "stage.num_iterations=2",  # two optimiser steps per batch of rollouts
     "stage.batch_size=2",

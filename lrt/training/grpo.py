@@ -2,13 +2,14 @@
 
 What is sampled is `stage.exploration`:
 
-- `latent` (our default): Gaussian noise on the latents, `Z = mu + sigma * eps`, answers decoded
-  greedily. The policy's log-probability is the Gaussian density of Z, so the frozen base only
-  runs forward and no gradient passes through it: a step costs little more than the rollouts.
-- `answer` (the paper's Algorithm 1): deterministic latents `Z = mu`, answers sampled from the
-  frozen base (temperature, top-p). The log-probability of an answer is the sum of its token
-  log-probs given Z, so gradients flow back through the frozen base into Z (its weights get
-  none).
+- `latent`: Gaussian noise on the latents, `Z = mu + sigma * eps`, answers decoded greedily.
+  The policy's log-probability is the Gaussian density of Z, so the frozen base only runs
+  forward and no gradient passes through it: a step costs little more than the rollouts, but
+  one reward per sample is all the signal for K x d noise dimensions.
+- `answer` (the paper's Algorithm 1, `conf/stage/grpo.yaml`'s default since it was measured to
+  win on arith): deterministic latents `Z = mu`, answers sampled from the frozen base
+  (temperature, top-p). The log-probability of an answer is the sum of its token log-probs
+  given Z, so gradients flow back through the frozen base into Z (its weights get none).
 - `both`: Gaussian latents and sampled answers; a sample's log-probability is the latent term
   (each latent vector a token, Z held fixed) plus the answer term (each answer token, Z
   re-parameterised as `mu + sigma * eps` with eps held fixed). Each term alone is a
