@@ -34,12 +34,13 @@ def _keep_only(rollout: Rollout, keep: torch.Tensor, group_size: int) -> Rollout
     need."""
     if bool(keep.all()):
         return rollout
-    rows = keep.to(rollout.real.device).repeat_interleave(group_size)
-    rollout.real = rollout.real & rows
-    rollout.advantages = rollout.advantages * rows
-    rollout.mask = rollout.mask * rows.unsqueeze(1).to(rollout.mask.dtype)
-    questions = keep.nonzero().flatten() if bool(keep.any()) else torch.zeros(1, dtype=torch.long)
-    return rollout.select_groups(questions, group_size)
+    if bool(keep.any()):
+        return rollout.select_groups(keep.nonzero().flatten(), group_size)
+    placeholder = rollout.select_groups(torch.zeros(1, dtype=torch.long), group_size)
+    placeholder.real = torch.zeros_like(placeholder.real)
+    placeholder.advantages = torch.zeros_like(placeholder.advantages)
+    placeholder.mask = torch.zeros_like(placeholder.mask)
+    return placeholder
 
 
 def pool_rollouts(module: GRPOModule, step: int) -> tuple[list[Rollout], dict[str, float]]:
