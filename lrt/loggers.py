@@ -1,22 +1,73 @@
 """Lightning loggers from the `logger` config group.
 
-wandb uses its own credential lookup (`WANDB_API_KEY`, its settings files, `~/.netrc` written
-by `wandb login`) and goes offline only when it finds none, so a run never stops at a login
-prompt. Each run folder keeps its wandb run id, so a resumed run continues the same wandb run.
+wandb logs online when it would find credentials itself (`WANDB_API_KEY`, an identity token
+file, the `~/.netrc` entry that `wandb login` writes, or an `api_key` in its settings file) and
+offline otherwise, so a run never stops at a login prompt. The lookup reads those places as
+files: asking wandb (`wandb.login`) starts its service process, which on a machine without
+network was seen never to exit. Each run folder keeps its wandb run id, so a resumed run
+continues the same wandb run.
 """
 
 from __future__ import annotations
 
+import configparser
+import netrc
 import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from hydra.utils import instantiate
-from lightning.pytorch.loggers import Logger
+if TYPE_CHECKING:  # the credential check below must stay importable without Lightning
+    from lightning.pytorch.loggers import Logger
 
 WANDB_ID_FILE = "wandb_run_id"
+
+
+DEFAULT_WANDB_HOST = "https://api.wandb.ai"
+
+
+def _wandb_settings() -> dict[str, str]:
+    """The `[default]` section of wandb's global settings file (`wandb login --host` writes
+    `base_url` there), or nothing when there is none or it cannot be read."""
+    config_dir = os.environ.get("WANDB_CONFIG_DIR") or Path("~/.config/wandb").expanduser()
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(Path(config_dir) / "settings")
+    except (configparser.Error, OSError, UnicodeDecodeError):
+        return {}
+    return dict(parser["default"]) if parser.has_section("default") else {}
+
+
+def _netrc_path() -> Path:
+    """The netrc file wandb reads: `NETRC`, else `~/.netrc`, else `~/_netrc`."""
+    if os.environ.get("NETRC"):
+        return Path(os.environ["NETRC"]).expanduser()
+    unix = Path("~/.netrc").expanduser()
+    windows = Path("~/_netrc").expanduser()
+    return windows if not unix.exists() and windows.exists() else unix
+
+
+def _netrc_has(host: str) -> bool:
+    """Whether the netrc file holds a password for `host` (an unreadable file holds none)."""
+    try:
+        entry = netrc.netrc(str(_netrc_path())).authenticators(host)
+    except (netrc.NetrcParseError, OSError, UnicodeDecodeError):
+        return False
+    return bool(entry and entry[2])
+
+
+def wandb_has_credentials() -> bool:
+    """Whether wandb would find credentials for its server without asking the user, read from
+    the same places wandb reads (environment, netrc, settings file), with no network call and
+    no wandb process."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    settings = _wandb_settings()
+    url = os.environ.get("WANDB_BASE_URL") or settings.get("base_url") or DEFAULT_WANDB_HOST
+    host = urlsplit(url).netloc
+    return bool(host and _netrc_has(host)) or bool(settings.get("api_key"))
 
 
 def wandb_should_be_offline() -> bool:
@@ -26,9 +77,7 @@ def wandb_should_be_offline() -> bool:
         return mode in ("offline", "dryrun")
     if mode == "":  # set but empty: wandb's settings refuse it, and it means "not set"
         del os.environ["WANDB_MODE"]
-    import wandb
-
-    return not wandb.login(prompt=False, verify=False)
+    return not wandb_has_credentials()
 
 
 def wandb_run_id(run_dir: str | Path) -> str:
@@ -43,6 +92,8 @@ def wandb_run_id(run_dir: str | Path) -> str:
 
 
 def build_loggers(cfg: Mapping[str, Any] | None, run_dir: str) -> list[Logger]:
+    from hydra.utils import instantiate
+
     loggers: list[Logger] = []
     for name, node in (cfg or {}).items():
         kwargs: dict[str, Any] = {"save_dir": run_dir}

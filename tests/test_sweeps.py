@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -104,21 +104,55 @@ def test_wandb_logger_runs_offline_and_a_resume_continues_its_run(
 
 def test_wandb_finds_a_wandb_login_without_an_api_key(tmp_path: Path) -> None:
     """`wandb login` writes ~/.netrc: such a user logs online though WANDB_API_KEY is unset.
-    (A fresh interpreter per case: wandb caches a session's credentials.)"""
+
+    The check reads files only: it must answer at once on a machine without network and never
+    import wandb (whose service process was seen to hang offline). It runs in a subprocess with
+    a 10 s limit, so a hang fails here instead of stalling the suite."""
     netrc = tmp_path / "netrc"
     netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {'a' * 40}\n")
     netrc.chmod(0o600)
-    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
-    env["HOME"] = str(tmp_path)
-
-    def offline(**extra: str) -> str:
-        code = "from lrt.loggers import wandb_should_be_offline as f; print(f())"
-        result = subprocess.run(
-            [sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout.strip()
-
-    assert offline(NETRC=str(netrc)) == "False"
-    assert offline(NETRC=str(tmp_path / "none")) == "True"
-    assert offline(NETRC=str(netrc), WANDB_MODE="offline") == "True"
+    none = str(tmp_path / "none")
+    settings = tmp_path / "wandb-config" / "settings"
+    settings.parent.mkdir()
+    other_host = "[default]\nbase_url = https://wandb.example.org\n"
+    key_in_settings = f"[default]\napi_key = {'b' * 40}\n"
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / ".netrc").write_text(netrc.read_text())
+    # (environment, settings file or None, offline?)
+    cases = [
+        ({"NETRC": str(netrc)}, None, False),
+        ({"NETRC": none}, None, True),
+        ({"NETRC": str(netrc), "WANDB_MODE": "offline"}, None, True),
+        ({"NETRC": none, "WANDB_API_KEY": "k" * 40}, None, False),
+        # A login to another server (`wandb login --host`) counts for that server only.
+        ({"NETRC": str(netrc), "WANDB_BASE_URL": "https://wandb.example.org"}, None, True),
+        ({"NETRC": str(netrc)}, other_host, True),
+        ({"NETRC": none}, key_in_settings, False),
+        ({"HOME": str(tmp_path / "home")}, None, False),  # no NETRC: ~/.netrc is read
+    ]
+    code = """
+import json, os, sys
+from lrt.loggers import wandb_should_be_offline
+base = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
+settings = sys.argv[1]
+answers = []
+for env, text in json.loads(sys.argv[2]):
+    os.environ.clear()
+    os.environ.update({**base, "HOME": sys.argv[3], "WANDB_CONFIG_DIR": os.path.dirname(settings)})
+    os.environ.update(env)
+    if text is None:
+        if os.path.exists(settings):
+            os.remove(settings)
+    else:
+        open(settings, "w").write(text)
+    answers.append(wandb_should_be_offline())
+print(json.dumps([answers, "wandb" in sys.modules]))
+"""
+    args = [str(settings), json.dumps([[env, text] for env, text, _ in cases]), str(tmp_path)]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=10
+    )
+    assert result.returncode == 0, result.stderr
+    answers, imported = json.loads(result.stdout)
+    assert answers == [offline for _, _, offline in cases]
+    assert not imported, "the credential check imported wandb"
