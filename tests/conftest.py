@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 import torch
@@ -19,6 +20,9 @@ from lrt.reasoner import build_reasoner
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+SUBPROCESS_TIMEOUT_S = 240
+"""A subprocess of a test is killed after this; the suite's per-test limit (pyproject.toml,
+`timeout`) catches whatever else hangs."""
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -73,14 +77,20 @@ def train_script():
 
 
 @pytest.fixture(scope="session")
-def run_script() -> Callable[..., subprocess.CompletedProcess]:
-    """Run `train.py` / `evaluate.py` in a fresh interpreter: one thread, wandb never online."""
+def run_script() -> Callable[..., CompletedProcess]:
+    """Run `train.py` / `evaluate.py` in a fresh interpreter: one thread, wandb never online,
+    killed after `timeout` seconds (a hang fails the test with `TimeoutExpired`)."""
 
-    def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    def _run(script: str, *args: str, timeout: float = SUBPROCESS_TIMEOUT_S) -> CompletedProcess:
         env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
         env |= {"OMP_NUM_THREADS": "1", "NETRC": str(ROOT / ".no-netrc")}  # no wandb login
         return subprocess.run(
-            [sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, env=env
+            [sys.executable, script, *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
         )
 
     return _run

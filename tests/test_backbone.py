@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -18,10 +17,11 @@ from lrt.latent_lm import LatentLM
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 
 
-def test_tiny_random_builds_fast_and_frozen() -> None:
-    start = time.perf_counter()
+def test_tiny_random_builds_small_and_frozen() -> None:
+    """Small enough for every unit test to build its own (a count, not a wall-clock bound,
+    which fails on a loaded machine)."""
     backbone = load_backbone(backbone_config(OmegaConf.load(CONF / "tiny_random.yaml")))
-    assert time.perf_counter() - start < 1.0
+    assert sum(p.numel() for p in backbone.model.parameters()) < 1_000_000
     assert backbone.hidden_size == 64 and backbone.model.config.num_hidden_layers == 2
     assert not any(p.requires_grad for p in backbone.model.parameters())
     assert not backbone.model.training

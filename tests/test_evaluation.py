@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SUBPROCESS_TIMEOUT_S
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf
@@ -410,6 +411,7 @@ def test_evaluate_py_end_to_end(tmp_path: Path, tiny_backbone: Backbone) -> None
         capture_output=True,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=SUBPROCESS_TIMEOUT_S,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "eval"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SUBPROCESS_TIMEOUT_S
 from omegaconf import OmegaConf
 from torch.distributions import Normal, kl_divergence
 
@@ -513,7 +514,11 @@ def test_train_grpo_two_steps(tmp_path: Path) -> None:
         "trainer.log_every_n_steps=1",
     ]
     result = subprocess.run(
-        [sys.executable, "train.py", *overrides], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "train.py", *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
     )
     assert result.returncode == 0, result.stderr[-3000:]
 

@@ -247,6 +247,7 @@ def test_two_steps_write_an_adapter_that_evaluate_loads(tmp_path: Path, run_scri
     assert {r["checkpoint_path"] for r in rows} == {None, str(final)}
 
 
+@pytest.mark.slow
 def test_unknown_stage_key_is_one_line_before_any_model(tmp_path: Path, run_script) -> None:
     result = run_script(
         "train.py",

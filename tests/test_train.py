@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SUBPROCESS_TIMEOUT_S
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
@@ -32,7 +33,11 @@ TINY = [
 
 def run_train(*overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "train.py", *overrides], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "train.py", *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
     )
 
 
@@ -164,6 +169,7 @@ def test_validation_never_reads_the_test_split(compose_train, data: str) -> None
     validate_train(cfg)
 
 
+@pytest.mark.slow
 def test_a_renamed_key_names_its_new_name(tmp_path: Path) -> None:
     for old, new in (
         ("final_eval.max_answer_tokens=8", "data.max_answer_tokens"),
@@ -175,6 +181,7 @@ def test_a_renamed_key_names_its_new_name(tmp_path: Path) -> None:
         assert result.stderr.strip().splitlines()[-1] == f"error: {old.split('=')[0]} is now {new}"
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line(tmp_path: Path) -> None:
     result = run_train("model=tiny_random", "reasoner.num_latents=-3", f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0
@@ -183,6 +190,7 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_loading_init_from_for_another_base_fails(tmp_path: Path) -> None:
     config = ReasonerConfig(
         num_latents=2, width=8, heads=2, base_model="other", base_hidden_size=64
