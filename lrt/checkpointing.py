@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 
 def _cache_layer(kwargs: dict[str, Any], index: int) -> Any:
-    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    cache = kwargs.get("cache")
     if cache is None or not hasattr(cache, "layers") or index >= len(cache.layers):
         return None
     return cache.layers[index]

@@ -153,7 +153,7 @@ class Decoder:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions(mask, mask.shape[1] - 1),
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         )
         return out.logits[:, -1].float()

@@ -150,7 +150,7 @@ class LatentLM(nn.Module):
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=positions(attention_mask, 0),
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
             )
         last = out.last_hidden_state
@@ -244,7 +244,7 @@ class LatentLM(nn.Module):
             inputs_embeds=embeds,
             attention_mask=mask,
             position_ids=positions(mask, prefix.mask.shape[1]),
-            past_key_values=prefix.cache,
+            cache=prefix.cache,
             use_cache=True,
             logits_to_keep=logits_to_keep,
         )
@@ -277,7 +277,7 @@ class LatentLM(nn.Module):
             inputs_embeds=embeds,
             attention_mask=mask,
             position_ids=positions(mask, prefix.mask.shape[1]),
-            past_key_values=prefix.cache,
+            cache=prefix.cache,
             use_cache=True,
         ).last_hidden_state
         # The answer token at suffix position t is predicted at position t-1, the first one by

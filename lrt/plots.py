@@ -127,6 +127,42 @@ def sweep_plot(rows: Sequence[Row], keys: Sequence[str], path: Path) -> Path:
     return _save(fig, path)
 
 
+Series = tuple[list[float], list[float]]
+
+
+def metric_series(rows: Sequence[Row], key: str, value: Any = float) -> Series:
+    """(steps, values) of one column of `metrics.csv` rows, skipping rows without it."""
+    points = [(float(r["step"]), value(r[key])) for r in rows if r.get(key) not in (None, "")]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _curves(panels: Sequence[tuple[str, Series]], path: Path) -> Path:
+    """One panel per (title, series), side by side, against training steps."""
+    fig = Figure(figsize=(4 * len(panels), 3.4))
+    for i, (title, (steps, values)) in enumerate(panels):
+        ax: Axes = fig.add_subplot(1, len(panels), i + 1)
+        ax.plot(steps, values, marker="o" if len(steps) < 30 else None, lw=1.2)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def train_curves(rows: Sequence[Row], path: Path) -> Path | None:
+    """Any stage's curves: training loss, learning rate and validation accuracy; None (and no
+    file) when no training step was logged."""
+    loss = metric_series(rows, "train/loss")
+    if not loss[0]:
+        return None
+    panels = [
+        ("training loss", loss),
+        ("learning rate", metric_series(rows, "train/lr")),
+        ("validation accuracy", metric_series(rows, "val/accuracy")),
+    ]
+    return _curves(panels, path)
+
+
 def grpo_curves(rows: Sequence[Row], path: Path) -> Path:
     """GRPO's training signal against steps: mean reward, the share of informative groups
     (rewards not all equal: the only groups with a gradient) and validation accuracy.
@@ -134,28 +170,15 @@ def grpo_curves(rows: Sequence[Row], path: Path) -> Path:
     `rows` are `metrics.csv` rows; the informative share is dynamic sampling's
     `train/pool/informative_share` when logged, else `1 - train/frac_zero_std`.
     """
-
-    def series(key: str, value=float) -> tuple[list[float], list[float]]:
-        points = [(float(r["step"]), value(r[key])) for r in rows if r.get(key) not in (None, "")]
-        return [p[0] for p in points], [p[1] for p in points]
-
     pool = any(r.get("train/pool/informative_share") not in (None, "") for r in rows)
     informative = (
-        series("train/pool/informative_share")
+        metric_series(rows, "train/pool/informative_share")
         if pool
-        else series("train/frac_zero_std", lambda v: 1 - float(v))
+        else metric_series(rows, "train/frac_zero_std", lambda v: 1 - float(v))
     )
     panels = [
-        ("mean reward", series("train/reward_mean")),
+        ("mean reward", metric_series(rows, "train/reward_mean")),
         ("informative groups" + (" (of candidates)" if pool else ""), informative),
-        ("validation accuracy", series("val/accuracy")),
+        ("validation accuracy", metric_series(rows, "val/accuracy")),
     ]
-    fig = Figure(figsize=(12, 3.4))
-    for i, (title, (steps, values)) in enumerate(panels):
-        ax: Axes = fig.add_subplot(1, 3, i + 1)
-        ax.plot(steps, values, marker="o" if len(steps) < 30 else None, lw=1.2)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _curves(panels, path)

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lrt.backbone import Backbone, load_backbone
 from lrt.config import RENAMED, TrainConfig, validate_train
+from lrt.console import RunProgressBar, model_summary, quiet_libraries
 from lrt.data.datamodule import LRTDataModule
 from lrt.data.loading import load_limited_split
 from lrt.errors import CheckpointError, ConfigError, DataError
@@ -35,13 +36,14 @@ from lrt.evaluation.predict import mode_rows
 from lrt.latent_lm import LatentLM
 from lrt.loggers import build_loggers
 from lrt.modes import DecodeConfig, parse_mode
-from lrt.plots import grpo_curves
+from lrt.plots import grpo_curves, train_curves
 from lrt.reasoner import Reasoner, build_reasoner, load_reasoner
 from lrt.report import held_out_rows, print_table
 from lrt.stages import get_stage
 from lrt.training.base import StageModule
 from lrt.training.callbacks import (
     AtomicCheckpointIO,
+    EndWithLogAndValidation,
     KeepMetricsOnResume,
     PeriodicCheckpoint,
     RankConsistencyCheck,
@@ -104,6 +106,7 @@ def check_run_dir(run_dir: Path, min_free_gb: float) -> None:
 
 def run(cfg: DictConfig) -> Path:
     """Run one training job from its composed config; returns its run folder."""
+    quiet_libraries()
     config = validate_train(cfg)
     if config.run_dir is None:
         config.run_dir = HydraConfig.get().runtime.output_dir
@@ -156,6 +159,18 @@ def prompt_budget(config: TrainConfig, lm: LatentLM) -> int | None:
     return context - span - answer
 
 
+def run_summary(config: TrainConfig, run_dir: Path) -> str:
+    """The run in one line: stage, task and target, base, network, steps and batch, folder."""
+    stage, data, reasoner = config.stage, config.data, config.reasoner
+    start = f" from {config.init_from}" if config.init_from else ""
+    return (
+        f"{stage.name}{start} on {data.task} (target: {data.prompt.target}), base "
+        f"{config.model.name}, reasoner {reasoner.arch} K={reasoner.num_latents}; "
+        f"{stage.max_steps} steps of {stage.batch_size}, lr {stage.optim.lr:g}; "
+        f"run folder {run_dir}"
+    )
+
+
 def final_comparison(
     config: TrainConfig, module: StageModule, data: LRTDataModule, run_dir: Path, zero: bool
 ) -> list[dict]:
@@ -190,9 +205,11 @@ def train_reasoner(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Pat
     """Train a reasoner with the stage's LightningModule (SFT, GRPO)."""
     ckpt_dir = run_dir / "checkpoints"
     resume = resume_path(config, ckpt_dir)
-    L.seed_everything(config.seed, workers=True)
+    L.seed_everything(config.seed, workers=True, verbose=False)
     backbone = load_backbone(config.model)
     lm = LatentLM(backbone, starting_reasoner(config, backbone))
+    log.info("%s", run_summary(config, run_dir))
+    log.info("%s", model_summary(backbone.model, lm.reasoner, backbone.name))
     data = LRTDataModule(
         config.data,
         backbone.tokenizer,
@@ -219,7 +236,10 @@ def train_reasoner(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Pat
         RankConsistencyCheck(),
         stopper,
         KeepMetricsOnResume(loggers),
+        EndWithLogAndValidation(),
     ]
+    if config.trainer.get("enable_progress_bar", True):
+        callbacks.append(RunProgressBar(config.stage.name))
     # After KeepMetricsOnResume has read metrics.csv: the CSV logger's first write replaces it.
     for logger in loggers:  # the resolved config travels with the run (wandb, hparams.yaml)
         logger.log_hyperparams(hyperparams)
@@ -233,6 +253,7 @@ def train_reasoner(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Pat
         enable_checkpointing=False,  # PeriodicCheckpoint writes them
         default_root_dir=str(run_dir),
         plugins=[AtomicCheckpointIO()],
+        enable_model_summary=False,  # model_summary's line above says what trains
         **trainer_arguments(config),
     )
     if resume:
@@ -252,18 +273,22 @@ def train_reasoner(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Pat
             f"{stopper.received.name} after the last step; for the final evaluation run: "
             f"{resume_command(run_dir)}",
         )
-    if trainer.is_global_zero and config.stage.name == "grpo":
-        plot_grpo_curves(run_dir)
+    if trainer.is_global_zero:
+        plot_curves(run_dir, config.stage.name)
     if config.final_eval.enabled:
         final_comparison(config, module, data, run_dir, trainer.is_global_zero)
     return run_dir
 
 
-def plot_grpo_curves(run_dir: Path) -> None:
-    """`<run>/grpo_curves.png` from the CSV log (other loggers keep their own curves)."""
-    log = run_dir / "logs" / "metrics.csv"
-    if not log.is_file():
+def plot_curves(run_dir: Path, stage: str) -> None:
+    """`<run>/train_curves.png` (and GRPO's `grpo_curves.png`) from the CSV log, once any step
+    is logged (other loggers keep their own curves)."""
+    path = run_dir / "logs" / "metrics.csv"
+    if not path.is_file():
         return
-    with log.open(newline="") as f:
+    with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    print(f"GRPO curves: {grpo_curves(rows, run_dir / 'grpo_curves.png')}")
+    drawn = [train_curves(rows, run_dir / "train_curves.png")]
+    if stage == "grpo":
+        drawn.append(grpo_curves(rows, run_dir / "grpo_curves.png"))
+    log.info("curves: %s", ", ".join(str(p) for p in drawn if p is not None))

@@ -192,6 +192,14 @@ class StageModule(L.LightningModule):
         correct, total = self.all_sum(self._val_counts).tolist()
         if total:
             self.log("val/accuracy", correct / total, prog_bar=True, sync_dist=True)
+            if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+                log.info(
+                    "step %d: validation accuracy %.1f%% (%d of %d questions)",
+                    self.global_step,
+                    100 * correct / total,
+                    correct,
+                    total,
+                )
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Seed the global RNG from (seed, step, rank), so a resumed run draws the same dropout."""

@@ -166,6 +166,29 @@ class PeriodicCheckpoint(L.Callback):
         if not trainer.sanity_checking and trainer.global_step % self.every_n_steps == 0:
             self._save(trainer)
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: StageModule) -> None:
+        """The finished run's state too: a run stopped during its final table resumes to the
+        table without training again."""
+        if trainer.global_step % self.every_n_steps != 0:
+            self._save(trainer)
+
+
+class EndWithLogAndValidation(L.Callback):
+    """Every run's last step reaches the loggers and is followed by a validation.
+
+    Lightning writes training metrics every `log_every_n_steps` batches and validates every
+    `val_check_interval`, so a run whose length is a multiple of neither (a 3-step smoke run,
+    300 steps logged every 7) would end with its last steps unlogged and its final weights
+    never validated. Raising `trainer.should_stop` on the last batch is Lightning's own way to
+    end early: it logs that batch and runs the validation the loop owes an early stop.
+    """
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: StageModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if pl_module.batches_done() >= pl_module.total_batches():
+            trainer.should_stop = True
+
 
 class StopOnSignal(L.Callback):
     """SIGTERM or Ctrl+C: finish the batch, write `last.ckpt`, stop; the same command resumes.

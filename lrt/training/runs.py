@@ -45,6 +45,10 @@ def trainer_arguments(config: TrainConfig) -> dict:
     """Trainer kwargs from `conf/trainer`, with `strategy: fsdp` as FSDP2 (see strategies.py)."""
     # The DataModule's batch sampler splits every global batch across ranks itself.
     kwargs = {**config.trainer, "use_distributed_sampler": False}
+    # A run shorter than the logging interval logs at its end (EndWithLogAndValidation); the
+    # interval is capped at the run's length, which Lightning would otherwise warn about.
+    batches = max(1, config.stage.max_steps // config.stage.steps_per_batch)
+    kwargs["log_every_n_steps"] = min(kwargs.get("log_every_n_steps", 50), batches)
     if kwargs.get("strategy") == "fsdp":
         from lrt.training.strategies import ShardedDataParallel
 

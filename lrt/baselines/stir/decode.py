@@ -258,7 +258,7 @@ class SteeredDecoder(Decoder):
             input_ids=torch.tensor([fed], device=mask.device),
             attention_mask=row_mask,
             position_ids=positions(row_mask, start),
-            past_key_values=sub,
+            cache=sub,
             use_cache=True,
             logits_to_keep=1,
         )
