@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import logging
 import math
 import os
 import subprocess
@@ -535,3 +536,45 @@ def test_intervals_and_paired_differences() -> None:
     compare_to_best_baseline(rows, [b, preds([False] * 100), a])
     assert rows[0]["best_baseline"] and "vs_best_baseline" not in rows[0]
     assert rows[2]["vs_best_baseline"]["against"] == "direct" and rows[2]["vs_best_baseline"]["win"]
+
+
+def _result_row(mode: str, accuracy: float) -> dict:
+    return {
+        "task": "arith",
+        "mode": mode,
+        "questions": 4,
+        "accuracy": accuracy,
+        "accuracy_ci": [0.0, 1.0],
+        "mean_tokens": 8.0,
+        "vs_best_baseline": None,
+    }
+
+
+def test_tabulate_reads_every_run_and_skips_a_corrupt_file_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`evaluate.py tabulate=<sweep>`: each run's own held-out table side by side with the
+    override that differs, no model loaded; a damaged results file is named and skipped."""
+    sweep = tmp_path / "sweep"
+    for job, k, accuracy in (("0_k=4", 4, 0.25), ("1_k=8", 8, 0.5)):
+        (sweep / job / ".hydra").mkdir(parents=True)
+        overrides = f"- reasoner.num_latents={k}\n- stage.max_steps=3\n"
+        (sweep / job / ".hydra" / "overrides.yaml").write_text(overrides)
+        rows = [_result_row("lrt", accuracy), _result_row("direct", 0.0)]
+        (sweep / job / "final_eval.json").write_text(json.dumps(rows))
+    broken = sweep / "2_k=16" / "eval" / "results.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"results": [{"mode": "lrt",\n')  # a job killed while writing it
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        evaluate(compose_eval(f"tabulate={sweep}", f"output_dir={out}"))
+    assert f"skipped {broken}: not valid JSON" in caplog.text
+    table = json.loads((out / "tabulated.json").read_text())
+    assert [(r["source"], r["reasoner.num_latents"], r["mode"]) for r in table] == [
+        ("0_k=4/final_eval.json", "4", "lrt"),
+        ("0_k=4/final_eval.json", "4", "direct"),
+        ("1_k=8/final_eval.json", "8", "lrt"),
+        ("1_k=8/final_eval.json", "8", "direct"),
+    ]
+    assert table[2]["accuracy [95% CI]"] == "50.0% [0.0, 100.0]"
+    assert "reasoner.num_latents" in (out / "tabulated.md").read_text()

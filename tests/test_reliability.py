@@ -11,6 +11,7 @@ paying the interpreter start-up again.
 from __future__ import annotations
 
 import csv
+import errno
 import logging
 import math
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SUBPROCESS_TIMEOUT_S
 from omegaconf import DictConfig
 
 from lrt import train as train_script
@@ -136,7 +138,7 @@ def stderr_of(run_dir: Path) -> str:
 def interrupt(overrides: list[str], run_dir: Path, sig: signal.Signals, at_step: int) -> int:
     """Run slowed, send `sig` once `last.ckpt` reaches `at_step`; the exit status."""
     proc = start(overrides, run_dir, prelude(sleep_s=0.3))
-    seen, deadline = None, time.monotonic() + 120
+    seen, deadline = None, time.monotonic() + SUBPROCESS_TIMEOUT_S
     while proc.poll() is None and time.monotonic() < deadline:
         path = last_ckpt(run_dir)
         stamp = path.stat().st_mtime_ns if path.exists() else None
@@ -146,7 +148,7 @@ def interrupt(overrides: list[str], run_dir: Path, sig: signal.Signals, at_step:
                 proc.send_signal(sig)
                 break
         time.sleep(0.02)
-    return proc.wait(timeout=120)
+    return proc.wait(timeout=SUBPROCESS_TIMEOUT_S)
 
 
 def run_in_process(compose: Callable[..., DictConfig], overrides: list[str], run_dir: Path) -> None:
@@ -195,7 +197,7 @@ def test_sft_resumes_exactly_after_torn_write_sigkill_and_sigterm(
     straight, run = tmp_path / "straight", tmp_path / "run"
     torn = start(SFT, run, prelude(die_at_save=3))
     run_in_process(compose_train, SFT, straight)
-    assert torn.wait(timeout=120) == -signal.SIGKILL
+    assert torn.wait(timeout=SUBPROCESS_TIMEOUT_S) == -signal.SIGKILL
     assert ckpt_step(run) == 2
     leftovers = list(last_ckpt(run).parent.glob(".last.ckpt.*.tmp"))
     assert len(leftovers) == 1 and leftovers[0].stat().st_size > 0
@@ -276,6 +278,72 @@ def test_ctrl_c_finishes_the_batch_writes_last_ckpt_and_stops(
     )
     assert ckpt_step(tmp_path) == 4
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_disk_filling_up_mid_checkpoint_keeps_the_previous_one_loadable(
+    tmp_path: Path, compose_train: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second checkpoint's write fails half-way with ENOSPC: the run stops with one line
+    naming the file, the first checkpoint is intact, and resuming from it finishes the run."""
+    real_save, saves = torch.save, []
+
+    def fill_disk(obj, f, *args, **kwargs):
+        saves.append(obj["global_step"])
+        if len(saves) != 2:
+            return real_save(obj, f, *args, **kwargs)
+        f.write(b"\0" * 1024)  # part of the file is written, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    overrides = [*SFT, "stage.max_steps=6", "stage.checkpoint_every_n_steps=2"]
+    monkeypatch.setattr(torch, "save", fill_disk)
+    with pytest.raises(CheckpointError) as err:
+        run_in_process(compose_train, overrides, tmp_path)
+    assert str(err.value) == (
+        f"could not write checkpoint {last_ckpt(tmp_path)}: No space left on device; "
+        "the previous one is kept"
+    )
+    assert sorted(p.name for p in last_ckpt(tmp_path).parent.iterdir()) == ["last.ckpt"]
+    assert ckpt_step(tmp_path) == saves[0] == 2
+    monkeypatch.setattr(torch, "save", real_save)
+    run_in_process(compose_train, overrides, tmp_path)  # resumes from step 2
+    assert ckpt_step(tmp_path) == 6
+
+
+def test_a_run_killed_during_its_final_table_resumes_to_the_table_without_training(
+    tmp_path: Path, compose_train: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training ended at a step that is no multiple of checkpoint_every_n_steps, and the run
+    died while decoding its held-out table: the same command only writes the table."""
+    from lrt.training.sft import SFTModule
+
+    overrides = [
+        *TINY,
+        "stage.max_steps=3",
+        "stage.checkpoint_every_n_steps=2",
+        "stage.val_every_n_steps=10",
+        "final_eval.enabled=true",
+        "final_eval.modes=[lrt,direct]",
+        "data.test.limit=2",
+        "data.max_answer_tokens=4",
+    ]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_script, "mode_rows", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process(compose_train, overrides, tmp_path)
+    trained = reasoner_weights(tmp_path)
+    assert not (tmp_path / "final_eval.md").exists()
+    monkeypatch.undo()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the resumed run trained again")
+
+    monkeypatch.setattr(SFTModule, "training_step", no_training)
+    run_in_process(compose_train, overrides, tmp_path)
+    assert "| lrt |" in (tmp_path / "final_eval.md").read_text()
+    assert all(torch.equal(trained[k], v) for k, v in reasoner_weights(tmp_path).items())
 
 
 def test_checkpoint_write_is_atomic_and_names_the_file_on_failure(tmp_path: Path) -> None:
@@ -397,6 +465,7 @@ def test_error_inside_fit_is_one_line_on_the_command_line(tmp_path: Path) -> Non
         env=ENV,
         capture_output=True,
         text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -498,6 +567,16 @@ def case_disk_too_full(tmp: Path) -> tuple[list[str], str]:
     return ["guard.min_free_gb=1e9"], f"run folder {tmp / 'run'} has "
 
 
+def case_missing_data_folder(tmp: Path) -> tuple[list[str], str]:
+    data = tmp / "no-data"
+    return [f"paths.data_dir={data}", "data=gsm8k_local"], (
+        f"data.train.path={data}/gsm8k/train.jsonl does not exist (looked for "
+        f"{data}/gsm8k/train.jsonl, and the folder {data} does not exist); set LRT_DATA_DIR to "
+        "the folder holding the shared data (gsm8k/, math/, lsat/, ...) or data.train.path to "
+        "the file"
+    )
+
+
 def case_prompt_over_context(tmp: Path) -> tuple[list[str], str]:
     return ["model.random_config.max_position_embeddings=64"], ("data.train: record 'arith/")
 
@@ -511,6 +590,7 @@ CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
     "missing GGUF file": case_missing_gguf,
     "unwritable run folder": case_unwritable_run_dir,
     "disk too full": case_disk_too_full,
+    "missing data folder": case_missing_data_folder,
     "prompt longer than the context": case_prompt_over_context,
     "prompt over max_prompt_tokens": lambda tmp: (
         ["data.max_prompt_tokens=20"],
@@ -617,3 +697,15 @@ def test_long_prompts_are_truncated_and_counted(
     )
     assert len(tokenizer(text, add_special_tokens=False).input_ids) <= 80
     assert "data.train: 1 of 2 prompts were longer than 80 tokens" in caplog.text
+
+
+def test_the_default_job_needs_no_data_folder(
+    tmp_path: Path, compose_train: Callable[..., DictConfig]
+) -> None:
+    """arith is generated: README command 1 runs where the shared data folder is missing."""
+    run_in_process(
+        compose_train,
+        [*TINY, "stage.max_steps=1", f"paths.data_dir={tmp_path / 'no-data'}"],
+        tmp_path / "run",
+    )
+    assert (tmp_path / "run" / "reasoner" / "final" / "model.safetensors").is_file()

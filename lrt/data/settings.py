@@ -19,6 +19,18 @@ ON_ERROR = ("raise", "skip")
 LONG_PROMPT_POLICIES = ("error", "truncate")
 
 
+def missing_data_message(key: str, path: Path) -> str:
+    """One line for a data file that is not there: where it was looked for, the first folder on
+    the way that is missing (usually the shared data folder itself), and how to point at it."""
+    where = path.expanduser().absolute()
+    folder = next((p for p in reversed(where.parents) if not p.exists()), None)
+    gone = f", and the folder {folder} does not exist" if folder is not None else ""
+    return (
+        f"{key}={path} does not exist (looked for {where}{gone}); set LRT_DATA_DIR to the "
+        f"folder holding the shared data (gsm8k/, math/, lsat/, ...) or {key} to the file"
+    )
+
+
 @dataclass
 class SplitConfig:
     """One split of a task: hub split name, optional local file or folder, optional row limit.
@@ -48,7 +60,7 @@ class SplitConfig:
         elif self.split is None:
             raise ConfigError(f"data.{key}.split must name a split (or set data.val.from_train)")
         if self.path is not None and not Path(self.path).exists():
-            raise ConfigError(f"data.{key}.path={self.path} does not exist")
+            raise ConfigError(missing_data_message(f"data.{key}.path", Path(self.path)))
         other = self.task
         if other is None:
             return

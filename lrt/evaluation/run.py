@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import lrt
 from lrt.backbone import backbone_config, load_backbone
+from lrt.console import quiet_libraries
 from lrt.data.loading import load_split
 from lrt.data.settings import DataConfig
 from lrt.errors import ConfigError
@@ -40,6 +41,7 @@ from lrt.evaluation.discovery import (
 )
 from lrt.evaluation.jobs import EvalTask, run_jobs
 from lrt.evaluation.methods import METHODS, loader
+from lrt.evaluation.tabulate import tabulate
 from lrt.latent_lm import LatentLM
 from lrt.loggers import build_loggers
 from lrt.modes import DecodeConfig, mode_labels, mode_of, needs_reasoner, of_base
@@ -209,20 +211,34 @@ def _log_to_loggers(
         logger.finalize("success")
 
 
+def write_tabulated(folder: str, out_dir: Path) -> Path:
+    """`tabulate=<folder>`: the results already under `folder` in one table, nothing decoded."""
+    table, keys = tabulate(folder)
+    title = f"results under {folder}" + (f" (runs differ in {', '.join(keys)})" if keys else "")
+    print_table(title, table, path=out_dir / "tabulated.md")
+    (out_dir / "tabulated.json").write_text(json.dumps(table, indent=2) + "\n")
+    log.info("table in %s", out_dir / "tabulated.md")
+    return out_dir
+
+
 def evaluate(cfg: DictConfig) -> Path:
     """Run an `evaluate.yaml` composition and write its results folder; returns the folder.
 
     Writes `results.json` (every metric, the resolved config, package versions),
     `predictions.jsonl`, `results.md`, `pareto.png` and, for reasoners found through
-    `sweep_dir`, `sweep.md` and `sweep.png`.
+    `sweep_dir`, `sweep.md` and `sweep.png`; with `tabulate`, only `tabulated.md` and
+    `tabulated.json` from the results already measured.
     """
-    labels = validate_evaluate(cfg)
+    quiet_libraries()
     if cfg.output_dir is None:
         if not HydraConfig.initialized():
             raise ConfigError("output_dir must be set when evaluate() runs outside @hydra.main")
         with open_dict(cfg):
             cfg.output_dir = HydraConfig.get().runtime.output_dir
     out_dir = Path(cfg.output_dir)
+    if cfg.get("tabulate"):
+        return write_tabulated(str(cfg.tabulate), out_dir)
+    labels = validate_evaluate(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = load_tasks(cfg)
     take_recorded_model(cfg)
