@@ -47,7 +47,7 @@ def quiet_libraries() -> None:
 
 
 def _millions(n: int) -> str:
-    return f"{n / 1e6:.1f} M"
+    return f"{n / 1e6:.1f} M" if n >= 100_000 else f"{n:,}"
 
 
 def model_summary(base: torch.nn.Module, reasoner: torch.nn.Module, base_name: str) -> str:

@@ -10,6 +10,7 @@ a row's result.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from transformers import DynamicCache
 from lrt import checkpointing
 from lrt.backbone import Backbone
 from lrt.data.collate import pad_answers, pad_prompts
+from lrt.data.prompts import question_mask, template_frame
 from lrt.decoding import Decoder, Generation, positions
 from lrt.errors import ConfigError
 from lrt.logprobs import token_logprobs
@@ -42,6 +44,13 @@ class Prefix:
     opened: bool = False
     """Whether the chat template already opened the thinking span (DeepSeek-R1-Distill's
     generation prompt ends with `<think>\n`): then no mode adds the marker a second time."""
+    reason_mask: torch.Tensor | None = None
+    """The positions of `hidden` the reasoner reads (`reasoner.attend`): the question's own
+    tokens, or the whole prompt (`mask`) when None."""
+
+    @property
+    def reasoner_mask(self) -> torch.Tensor:
+        return self.mask if self.reason_mask is None else self.reason_mask
 
     @property
     def batch_size(self) -> int:
@@ -60,14 +69,24 @@ class Prefix:
         def rep(t: torch.Tensor) -> torch.Tensor:
             return t.repeat_interleave(repeats, dim=0) if repeats > 1 else t
 
-        return Prefix(cache, rep(self.mask), rep(self.hidden), rep(self.last_logits), self.opened)
+        return self.rows_of(cache, rep)
 
     def select(self, rows: torch.Tensor) -> Prefix:
         """The prefix of `rows` only. The cache is narrowed in place (no copy of the keys and
         values of the rows dropped), so this prefix is spent: use the returned one."""
         self.cache.batch_select_indices(rows)
+        return self.rows_of(self.cache, lambda t: t[rows])
+
+    def rows_of(self, cache: DynamicCache, pick: Callable[[torch.Tensor], torch.Tensor]) -> Prefix:
+        """This prefix over `cache`, every per-row tensor passed through `pick`."""
+        reason = None if self.reason_mask is None else pick(self.reason_mask)
         return Prefix(
-            self.cache, self.mask[rows], self.hidden[rows], self.last_logits[rows], self.opened
+            cache,
+            pick(self.mask),
+            pick(self.hidden),
+            pick(self.last_logits),
+            self.opened,
+            reason,
         )
 
 
@@ -163,7 +182,19 @@ class LatentLM(nn.Module):
         n = self.open_ids.numel()
         opened = input_ids.shape[1] >= n and bool((input_ids[:, -n:] == self.open_ids).all())
         logits = self.base.get_output_embeddings()(last[:, -1]).float()
-        return Prefix(cache, attention_mask, hidden, logits, opened)
+        reads_question = self.reasoner is not None and self.reasoner.config.attend == "question"
+        reason = self.question_mask(input_ids, attention_mask) if reads_question else None
+        return Prefix(cache, attention_mask, hidden, logits, opened, reason)
+
+    @functools.cached_property
+    def _template_frame(self) -> tuple[list[int], list[int]]:
+        return template_frame(self.tokenizer, self.backbone.config.system_prompt)
+
+    def question_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """1 on each prompt's own user text, 0 on its padding and chat template (`reasoner.attend:
+        question`): a reasoner reading the template, the same for every question, can satisfy
+        its loss without reading the question (DESIGN.md section 5, "Controls")."""
+        return question_mask(input_ids, attention_mask, *self._template_frame)
 
     def _source_index(self) -> int | None:
         """Which of transformers' `hidden_states` the reasoner reads (0: the embeddings, i: the
@@ -178,7 +209,7 @@ class LatentLM(nn.Module):
         """Z = G_phi(H, mask): K latent vectors per question, one forward pass."""
         if self.reasoner is None:
             raise ConfigError("mode 'lrt' needs a reasoner; pass reasoner=<folder or checkpoint>")
-        return self.reasoner(prefix.hidden, prefix.mask).to(self.base.dtype)
+        return self.reasoner(prefix.hidden, prefix.reasoner_mask).to(self.base.dtype)
 
     def _span_pieces(self, mode: str, opened: bool) -> list[str | torch.Tensor]:
         """What `mode` feeds between the prompt and the first decoded token, in order: marker
@@ -293,11 +324,16 @@ class LatentLM(nn.Module):
         answer_ids: torch.Tensor,
         answer_mask: torch.Tensor,
         reduction: str = "mean",
+        on_latents: Callable[[torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """Negative log-likelihood of the answer tokens given the latents: their mean, or with
-        `reduction="sum"` their sum (which training divides by the global token count)."""
+        `reduction="sum"` their sum (which training divides by the global token count).
+        `on_latents` sees the latents (training logs their spread)."""
         prefix = self.encode(input_ids, attention_mask)
-        logp = self.answer_logprobs(prefix, self.reason(prefix), answer_ids, answer_mask)
+        latents = self.reason(prefix)
+        if on_latents is not None:
+            on_latents(latents)
+        logp = self.answer_logprobs(prefix, latents, answer_ids, answer_mask)
         if reduction == "sum":
             return -logp.sum()
         return -logp.sum() / answer_mask.sum().clamp(min=1)

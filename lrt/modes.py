@@ -4,6 +4,9 @@ Every mode answers the same question prompt with the same grader (DESIGN.md sect
 they differ only in what happens between the prompt and the answer:
 
 - `lrt`: the reasoner's K latents inside the thinking span, then the answer;
+- `lrt-swap`: the same, but each question gets the latents of another question of its batch
+  (a fixed derangement): the control for "do the latents carry the question?" (DESIGN.md
+  section 5); its gap to `lrt` is a lower bound on what they carry;
 - `direct`: the model's own chat template with no thinking span at all (its non-thinking mode
   where it has one), then the answer: the natural baseline of a model without thinking;
 - `nothink`: an empty thinking span (Ma et al.'s NoThinking prefill inside it for models with
@@ -55,6 +58,7 @@ MODES: dict[str, Mode] = {
         Mode("direct", needs_reasoner=False, budgeted=False, baseline=True, no_thinking=True),
         Mode("stir", needs_reasoner=False, budgeted=True, baseline=True, method="stir_library"),
         Mode("rim", needs_reasoner=False, budgeted=False, baseline=False, method="rim"),
+        Mode("lrt-swap", needs_reasoner=True, budgeted=False, baseline=False),
     )
 }
 DECODED = ("lrt", "direct", "nothink", "cot")
@@ -107,11 +111,20 @@ def of_base(label: str) -> bool:
     return not mode.needs_reasoner and mode.method is None
 
 
+def with_swap_control(modes: Iterable[str]) -> list[str]:
+    """`modes` with `lrt-swap` right after `lrt` when it is not there already: every `lrt`
+    result comes with its control, at the cost of one more decode and no training."""
+    labels = list(modes)
+    if "lrt" in labels and "lrt-swap" not in labels:
+        labels.insert(labels.index("lrt") + 1, "lrt-swap")
+    return labels
+
+
 def mode_labels(modes: Iterable[str], budgets: Sequence[int]) -> list[str]:
     """Expand budgeted modes given without a budget into one label per budget
-    (`cot` -> `cot@256`, `cot@512`)."""
+    (`cot` -> `cot@256`, `cot@512`), and add `lrt`'s swap control."""
     labels: list[str] = []
-    for label in modes:
+    for label in with_swap_control(modes):
         name, budget = parse_mode(label)
         if MODES[name].budgeted and budget is None:
             if not budgets:

@@ -150,8 +150,9 @@ def _curves(panels: Sequence[tuple[str, Series]], path: Path) -> Path:
 
 
 def train_curves(rows: Sequence[Row], path: Path) -> Path | None:
-    """Any stage's curves: training loss, learning rate and validation accuracy; None (and no
-    file) when no training step was logged."""
+    """Any stage's curves: training loss, learning rate, validation accuracy and the latents'
+    spread across questions (0: a question-blind prompt); None (and no file) when no training
+    step was logged."""
     loss = metric_series(rows, "train/loss")
     if not loss[0]:
         return None
@@ -159,6 +160,7 @@ def train_curves(rows: Sequence[Row], path: Path) -> Path | None:
         ("training loss", loss),
         ("learning rate", metric_series(rows, "train/lr")),
         ("validation accuracy", metric_series(rows, "val/accuracy")),
+        ("latent spread across questions", metric_series(rows, "train/latent_spread")),
     ]
     return _curves(panels, path)
 

@@ -63,10 +63,33 @@ def comparison_columns(row: dict[str, Any]) -> dict[str, str]:
         mark = " (win)" if paired["win"] and paired["difference"] > 0 else ""
         versus = f"{with_interval(paired['difference'], paired['ci'], signed=True)} vs "
         versus += f"{paired['against']}{mark}"
+    swap = row.get("vs_swap")
     return {
         "accuracy [95% CI]": with_interval(row["accuracy"], row["accuracy_ci"]),
         "vs best no-thinking baseline": versus,
+        "lrt − lrt-swap": with_interval(swap["difference"], swap["ci"], signed=True)
+        if swap
+        else "",
     }
+
+
+def by_steps_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Accuracy per number of solution steps, a row per result row (none when the task
+    states no steps)."""
+    steps = sorted({int(n) for r in rows for n in (r.get("accuracy_by_steps") or {})})
+    if not steps:
+        return []
+    table = []
+    for r in rows:
+        split = {int(n): v for n, v in (r.get("accuracy_by_steps") or {}).items()}
+        cells = {
+            f"{n} steps": f"{percent(split[n]['accuracy'])} (n={split[n]['samples']})"
+            if n in split
+            else ""
+            for n in steps
+        }
+        table.append({k: r[k] for k in ("checkpoint", "mode") if k in r} | cells)
+    return table
 
 
 def held_out_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -35,10 +35,10 @@ from lrt.errors import CheckpointError, ConfigError, DataError
 from lrt.evaluation.predict import mode_rows
 from lrt.latent_lm import LatentLM
 from lrt.loggers import build_loggers
-from lrt.modes import DecodeConfig, parse_mode
+from lrt.modes import DecodeConfig, parse_mode, with_swap_control
 from lrt.plots import grpo_curves, train_curves
 from lrt.reasoner import Reasoner, build_reasoner, load_reasoner
-from lrt.report import held_out_rows, print_table
+from lrt.report import by_steps_rows, held_out_rows, print_table
 from lrt.stages import get_stage
 from lrt.training.base import StageModule
 from lrt.training.callbacks import (
@@ -187,7 +187,7 @@ def final_comparison(
         config.data.task,
         records,
         prompt,
-        final.modes,
+        with_swap_control(final.modes),
         DecodeConfig(max_answer_tokens=config.data.max_answer_tokens),
         final.batch_size,
         config.seed,
@@ -197,6 +197,8 @@ def final_comparison(
         assert config.data.test is not None
         title = f"held-out {config.data.task} ({config.data.test.split})"
         print_table(title, held_out_rows(rows), path=run_dir / "final_eval.md")
+        if steps := by_steps_rows(rows):
+            print_table(f"{title}, by solution steps", steps, path=run_dir / "final_eval_steps.md")
         (run_dir / "final_eval.json").write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 

@@ -56,6 +56,8 @@ TINY = [
     "cot_budgets=[4]",
 ]
 PREDICTION_FIELDS = {
+    "steps",
+    "latent_spread",
     "checkpoint",
     "task",
     "id",
@@ -76,6 +78,8 @@ PREDICTION_FIELDS = {
     "probe_tokens",
 }
 METRICS = {
+    "accuracy_by_steps",
+    "latent_spread",
     "checkpoint",
     "checkpoint_path",
     "task",
@@ -309,7 +313,7 @@ def test_paper_preset_is_the_papers_protocol() -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="evaluate", overrides=["preset=paper", "limit=2"])
     labels = validate_evaluate(cfg)
-    assert labels == ["nothink", "lrt", "cot@512", "cot@1024"]
+    assert labels == ["nothink", "lrt", "lrt-swap", "cot@512", "cot@1024"]
     assert (cfg.pass_at_k.temperature, cfg.pass_at_k.top_p) == (0.6, 0.95)
     assert list(cfg.pass_at_k.k) == [1, 4] and cfg.pass_at_k.n >= 4
     tasks = {t.name: t for t in load_tasks(cfg)}
@@ -341,11 +345,14 @@ def test_every_mode_with_sampling_writes_all_outputs(
         ("base", "nothink"),
         ("base", "cot@4"),
         ("reasoner", "lrt"),
+        ("reasoner", "lrt-swap"),  # added to every lrt evaluation: its control
         ("reasoner", "hybrid@4"),
     }
-    for row in rows.values():
+    for (_, mode), row in rows.items():
         comparison = {"best_baseline"} if row.get("best_baseline") else {"vs_best_baseline"}
+        comparison |= {"vs_swap"} if mode == "lrt" else set()
         assert set(row) == METRICS | {"pass@1", "pass@2"} | comparison
+        assert set(row["accuracy_by_steps"]) <= {"1", "2", 1, 2}  # arith: 1-2 operations
         assert (row["task"], row["questions"], row["samples"]) == ("arith", 3, 2)
         assert row["pass@1"] == pytest.approx(row["accuracy"]) and row["pass@2"] >= row["pass@1"]
     hybrid = rows[("reasoner", "hybrid@4")]
@@ -355,7 +362,7 @@ def test_every_mode_with_sampling_writes_all_outputs(
     assert result["config"]["pass_at_k"]["n"] == 2
 
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert len(lines) == 4 * 3 * 2
+    assert len(lines) == 5 * 3 * 2
     assert all(set(p) == PREDICTION_FIELDS for p in lines)
     assert {p["route"] for p in lines if p["mode"] == "hybrid@4"} <= {"lrt", "cot"}
     assert {p["route"] for p in lines if p["mode"] != "hybrid@4"} == {None}
@@ -370,9 +377,11 @@ def test_sweep_folder_evaluates_every_run(tmp_path: Path, tiny_backbone: Backbon
     out = tmp_path / "out"
     evaluate(compose_eval(f"sweep_dir={sweep}", "modes=[lrt]", f"output_dir={out}"))
     rows = json.loads((out / "results.json").read_text())["results"]
-    assert [r["checkpoint"] for r in rows] == [
-        "0_reasoner.num_latents=2/final",
-        "1_reasoner.num_latents=4/final",
+    assert [(r["checkpoint"], r["mode"]) for r in rows] == [
+        ("0_reasoner.num_latents=2/final", "lrt"),
+        ("0_reasoner.num_latents=2/final", "lrt-swap"),
+        ("1_reasoner.num_latents=4/final", "lrt"),
+        ("1_reasoner.num_latents=4/final", "lrt-swap"),
     ]
     sweep_md = (out / "sweep.md").read_text()
     assert "| run | reasoner.num_latents | task | mode | accuracy | mean_tokens |" in sweep_md

@@ -6,8 +6,10 @@ comparison between modes measures the thinking span alone, not a prompt differen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from lrt.data.parsers import LETTERS
@@ -62,13 +64,44 @@ def format_prompt(
     `thinking=False` asks the template for its non-thinking mode (Qwen3's `enable_thinking`,
     which closes an empty span itself); templates without one ignore it.
     """
-    messages = [{"role": "user", "content": question_text(record, cfg)}]
+    return chat_prompt(tokenizer, question_text(record, cfg), system, thinking)
+
+
+def chat_prompt(
+    tokenizer: PreTrainedTokenizerBase, user: str, system: str | None, thinking: bool = True
+) -> str:
+    """The chat template around one user turn (and the system line), opening the reply."""
+    messages = [{"role": "user", "content": user}]
     if system:
         messages.insert(0, {"role": "system", "content": system})
     extra = {} if thinking else {"enable_thinking": False}
     return tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=False, **extra
     )
+
+
+def template_frame(
+    tokenizer: PreTrainedTokenizerBase, system: str | None
+) -> tuple[list[int], list[int]]:
+    """Token ids the chat template puts before and after the user's text: the system line and
+    role markers (head), the end of the turn and the reply's opening (tail).
+
+    Read off the template itself, for any model: the common prefix and suffix of two prompts
+    that differ only in their user text.
+    """
+    a, b = (
+        tokenizer(chat_prompt(tokenizer, text, system), add_special_tokens=False).input_ids
+        for text in ("alpha question", "zulu problem")
+    )
+    head = common_prefix(a, b)
+    tail = common_prefix(a[head:][::-1], b[head:][::-1])
+    return a[:head], a[len(a) - tail :]
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading items `a` and `b` share."""
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
 
 
 def target_text(record: Record, cfg: PromptConfig) -> str | None:
@@ -91,3 +124,23 @@ def format_target(record: Record, cfg: PromptConfig) -> str:
             "text (data.on_error=skip drops such records)"
         )
     return text
+
+
+def question_mask(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, head: list[int], tail: list[int]
+) -> torch.Tensor:
+    """1 on each left-padded prompt's own user text, 0 on padding and on the template's `head`
+    and `tail` (`template_frame`). Each row drops the longest run of its first tokens that
+    matches the head and of its last that matches the tail, so a prompt asked another way
+    (another system line) loses only what it shares; an empty user text keeps the prompt."""
+    out = torch.zeros_like(attention_mask)
+    for i, valid in enumerate(attention_mask.tolist()):
+        start = valid.index(1) if 1 in valid else len(valid)
+        row = input_ids[i, start:].tolist()
+        h = common_prefix(row, head)
+        t = common_prefix(row[h:][::-1], tail[::-1])
+        if len(row) - h > t:
+            out[i, start + h : len(valid) - t] = 1
+        else:
+            out[i] = attention_mask[i]
+    return out

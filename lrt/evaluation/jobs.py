@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lrt.data.prompts import PromptConfig
 from lrt.data.records import Record
 from lrt.evaluation.discovery import Checkpoint
-from lrt.evaluation.metrics import compare_to_best_baseline, summarize
+from lrt.evaluation.metrics import compare_to_best_baseline, compare_to_swap, summarize
 from lrt.evaluation.predict import Prediction, predict, predict_modes
 from lrt.modes import DecodeConfig
 
@@ -124,4 +124,5 @@ def run_jobs(
                     )
                     kept.append(preds)
     compare_to_best_baseline(rows, kept, seed)
+    compare_to_swap(rows, kept, seed)
     return rows

@@ -48,6 +48,8 @@ def summarize(predictions: Sequence[Prediction], ks: Sequence[int] = ()) -> dict
     `mean_budget_used` adds them to `mean_tokens`, as STIR reports its cost.
     `mean_positions` counts what the base processed per answer (prompt, thinking-span inputs
     with the K latents, decoded tokens), the prefill cost `mean_tokens` leaves out.
+    `accuracy_by_steps` splits the accuracy by the question's number of solution steps;
+    `latent_spread` is the mean spread of `lrt`'s latents across a batch's questions.
     `time_per_question_s` is batch time over the batch's questions (the amortised cost),
     `batch_latency_s` the time an answer took to arrive, `questions_per_s` the throughput at
     the batch size (modes decoded from one shared encode each pay for it, as if run alone).
@@ -68,6 +70,11 @@ def summarize(predictions: Sequence[Prediction], ks: Sequence[int] = ()) -> dict
             pass_at_k(len(c), sum(c), k) for c in per_question.values()
         ) / max(questions, 1)
     routes = [p.route for p in predictions if p.route is not None]
+    spreads = [p.latent_spread for p in predictions if p.latent_spread is not None]
+    by_steps: dict[int, list[bool]] = {}
+    for p in predictions:
+        if p.steps is not None:
+            by_steps.setdefault(p.steps, []).append(p.correct)
     metrics |= {
         "mean_tokens": float(tokens.mean()) if len(tokens) else 0.0,
         "p50_tokens": float(np.percentile(tokens, 50)) if len(tokens) else 0.0,
@@ -83,6 +90,13 @@ def summarize(predictions: Sequence[Prediction], ks: Sequence[int] = ()) -> dict
         "truncated": sum(p.truncated for p in predictions),
         "routed_lrt": routes.count("lrt") / len(routes) if routes else None,
         "routed_cot": routes.count("cot") / len(routes) if routes else None,
+        "latent_spread": _mean(spreads) if spreads else None,
+        # Accuracy and question count per number of solution steps (arith's operations,
+        # GSM8K's calculations): where the latents help; None when the task states no steps.
+        "accuracy_by_steps": {
+            n: {"accuracy": sum(c) / len(c), "samples": len(c)} for n, c in sorted(by_steps.items())
+        }
+        or None,
     }
     return metrics
 
@@ -176,3 +190,17 @@ def compare_to_best_baseline(
             if i != best:
                 paired = paired_difference(predictions[i], predictions[best], seed)
                 rows[i]["vs_best_baseline"] = {"against": rows[best]["mode"], **paired}
+
+
+def compare_to_swap(
+    rows: list[dict[str, Any]], predictions: Sequence[Sequence[Prediction]], seed: int = 0
+) -> None:
+    """Give every `lrt` row `vs_swap`: its paired difference against the `lrt-swap` row of the
+    same checkpoint and task, a lower bound on what its latents carry about the question."""
+    for row, preds in zip(rows, predictions, strict=True):
+        if row["mode"] != "lrt":
+            continue
+        for other, swapped in zip(rows, predictions, strict=True):
+            same = all(other.get(k) == row.get(k) for k in ("task", "checkpoint"))
+            if other["mode"] == "lrt-swap" and same:
+                row["vs_swap"] = paired_difference(preds, swapped, seed)

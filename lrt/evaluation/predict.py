@@ -21,10 +21,11 @@ from lrt.data.records import Record
 from lrt.decoding import Generation
 from lrt.distributed import gather_objects, padded_shard, world
 from lrt.errors import ConfigError
-from lrt.evaluation.metrics import compare_to_best_baseline, summarize
+from lrt.evaluation.metrics import compare_to_best_baseline, compare_to_swap, summarize
 from lrt.grading import extract, grade
 from lrt.latent_lm import LatentLM, Prefix
 from lrt.modes import DecodeConfig, mode_of, parse_mode
+from lrt.reasoner import latent_spread
 from lrt.sampling import RowNoise
 
 
@@ -60,6 +61,11 @@ class Prediction:
     probe_tokens: int = 0
     """Look-ahead tokens generated and discarded (`stir`'s probes), not in `tokens`: STIR's
     `budget_used` is `tokens + probe_tokens`."""
+    steps: int | None = None
+    """The question's number of solution steps, where its task states them (difficulty)."""
+    latent_spread: float | None = None
+    """`lrt` and `lrt-swap`: the spread of the latents across the questions of its batch
+    (`lrt.reasoner.latent_spread`; 0 for a question-blind prompt)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,14 +105,31 @@ def _answers(gen: Generation, span: int, route: str | None = None) -> list[_Answ
     ]
 
 
+def swapped(latents: torch.Tensor, samples: int = 1) -> torch.Tensor:
+    """Latents of a batch whose rows are `samples` rows per question, each question's replaced
+    by the next question's (the last takes the first's): a derangement fixed by the batch."""
+    questions = latents.shape[0] // samples
+    if questions < 2:
+        raise ConfigError("mode lrt-swap needs at least two questions in a batch")
+    grouped = latents.reshape(questions, samples, *latents.shape[1:])
+    return grouped.roll(-1, dims=0).reshape(latents.shape)
+
+
+def batch_starts(n: int, batch_size: int, modes: Sequence[str]) -> list[int]:
+    """Where each batch of `n` ordered questions starts; with `lrt-swap` a last batch of one
+    question joins the batch before it, since a question cannot swap latents with itself."""
+    starts = list(range(0, n, batch_size))
+    if "lrt-swap" in modes and len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return starts
+
+
 def select_rows(prefix: Prefix, rows: Sequence[int]) -> Prefix:
     """A prefix holding only `rows` (its own cache copy), so hybrid re-uses the prompt encode."""
     index = torch.tensor(rows, device=prefix.mask.device)
     cache = copy.deepcopy(prefix.cache)
     cache.batch_select_indices(index)
-    return Prefix(
-        cache, prefix.mask[index], prefix.hidden[index], prefix.last_logits[index], prefix.opened
-    )
+    return prefix.rows_of(cache, lambda t: t[index])
 
 
 def decode(
@@ -116,15 +139,23 @@ def decode(
     settings: DecodeConfig,
     noise: RowNoise,
     all_done: Callable[[bool], bool] | None = None,
+    samples: int = 1,
 ) -> list[_Answer]:
-    """Generate every row of `prefix` in `mode`; hybrid gates `lrt` answers into `cot`."""
+    """Generate every row of `prefix` in `mode`; hybrid gates `lrt` answers into `cot`;
+    `lrt-swap` decodes each question with the latents of the next question of the batch (its
+    rows hold `samples` consecutive samples per question)."""
 
     def run(p: Prefix, m: str, rows: RowNoise, route: str | None = None) -> list[_Answer]:
         latents = None
-        if m == "lrt" and settings.latent_noise > 0:
-            mu = lm.reason(p)
+        if m in ("lrt", "lrt-swap") and (settings.latent_noise > 0 or m == "lrt-swap"):
+            latents = lm.reason(p)
+        if latents is not None and settings.latent_noise > 0:
             sigma = settings.latent_noise * lm.backbone.embedding_rms()
-            latents = mu + sigma * rows.gaussian(tuple(mu.shape[1:]), mu.device).to(mu.dtype)
+            shape = tuple(latents.shape[1:])
+            latents = latents + sigma * rows.gaussian(shape, latents.device).to(latents.dtype)
+        if m == "lrt-swap":
+            latents = swapped(latents, samples)
+            m = "lrt"
         gen = lm.generate(
             p,
             m,
@@ -200,8 +231,9 @@ def predict_modes(
     order = sorted(range(len(records)), key=lambda i: lengths[i])
     stream = sampling.key(seed)
     out: dict[str, list[Prediction | None]] = {m: [None] * len(records) * samples for m in modes}
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
+    starts = batch_starts(len(order), batch_size, modes)
+    for start, end in zip(starts, [*starts[1:], len(order)], strict=True):
+        index = order[start:end]
         rows = torch.tensor(
             [i * samples + s for i in index for s in range(samples)], device=lm.device
         )
@@ -212,12 +244,15 @@ def predict_modes(
             if samples > 1:
                 prefix = prefix.fork(samples)
             encoded = time.perf_counter() - t0
+            spread = None
+            if any(parse_mode(m)[0] in ("lrt", "lrt-swap") for m in members) and len(index) > 1:
+                spread = latent_spread(lm.reason(prefix))
             for mode in members:
                 t1 = time.perf_counter()
                 base_mode, budget = parse_mode(mode)
                 mode_settings = settings if budget is None else replace(settings, budget=budget)
                 noise = RowNoise(stream, rows)
-                answers = decode(lm, prefix, base_mode, mode_settings, noise, all_done)
+                answers = decode(lm, prefix, base_mode, mode_settings, noise, all_done, samples)
                 batch_time = encoded + time.perf_counter() - t1
                 preds = [
                     Prediction(
@@ -237,6 +272,8 @@ def predict_modes(
                         sample=s,
                         route=a.route,
                         probe_tokens=a.probe_tokens,
+                        steps=len(records[i].steps) if records[i].steps else None,
+                        latent_spread=spread if base_mode in ("lrt", "lrt-swap") else None,
                     )
                     for (i, s), a, n_prompt in zip(
                         [(i, s) for i in index for s in range(samples)],
@@ -302,4 +339,5 @@ def mode_rows(
         rows.append({"task": task, "mode": mode, **summarize(preds)})
         by_mode.append(preds)
     compare_to_best_baseline(rows, by_mode, seed)
+    compare_to_swap(rows, by_mode, seed)
     return rows

@@ -46,7 +46,7 @@ from lrt.latent_lm import LatentLM
 from lrt.loggers import build_loggers
 from lrt.modes import DecodeConfig, mode_labels, mode_of, needs_reasoner, of_base
 from lrt.plots import pareto_plot, sweep_plot
-from lrt.report import comparison_columns, print_table
+from lrt.report import by_steps_rows, comparison_columns, print_table
 from lrt.schema import typed
 
 log = logging.getLogger("lrt.evaluate")
@@ -300,6 +300,8 @@ def evaluate(cfg: DictConfig) -> Path:
     result = {"decoding": decoding, "results": rows, "config": config, "versions": versions()}
     table = [_table_row(r, ks) for r in rows]
     print_table(f"evaluation ({decoding})", table, path=out_dir / "results.md")
+    if steps := by_steps_rows(rows):
+        print_table("accuracy by solution steps", steps, path=out_dir / "results_steps.md")
     images = {"pareto": pareto_plot(rows, out_dir / "pareto.png")}
     sweep, keys = _sweep_rows(rows, checkpoints)
     if sweep:

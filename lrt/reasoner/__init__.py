@@ -20,14 +20,17 @@ from lrt.reasoner.base import (
     Reasoner,
     ReasonerConfig,
     RMSNorm,
+    latent_spread,
     read_config,
 )
 from lrt.reasoner.pretrained import PretrainedReasoner
+from lrt.reasoner.prompt import PromptReasoner
 from lrt.reasoner.query import QueryReasoner, ReasonerBlock
 
 ARCHITECTURES: dict[str, type[Reasoner]] = {
     "query": QueryReasoner,
     "pretrained": PretrainedReasoner,
+    "prompt": PromptReasoner,
 }
 CHECKPOINT_PREFIX = "lm.reasoner."
 """Where a stage module's state dict keeps the reasoner's weights."""
@@ -37,6 +40,7 @@ __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "PretrainedReasoner",
+    "PromptReasoner",
     "QueryReasoner",
     "Reasoner",
     "ReasonerBlock",
@@ -44,6 +48,7 @@ __all__ = [
     "RMSNorm",
     "build_reasoner",
     "is_reasoner_folder",
+    "latent_spread",
     "load_reasoner",
     "read_config",
 ]

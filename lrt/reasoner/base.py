@@ -23,8 +23,9 @@ from lrt.errors import CheckpointError, ConfigError, reject_unknown_keys
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-ARCHS = ("query", "pretrained")
+ARCHS = ("query", "pretrained", "prompt")
 LAYOUTS = ("hadamard", "concat")
+ATTENDS = ("question", "prompt")
 
 
 @dataclass
@@ -39,6 +40,11 @@ class ReasonerConfig:
     dropout: float = 0.0
     source_layer: int = -1
     """Which hidden-state layer of the base to read (-1: last layer, 0: embeddings)."""
+    attend: str = "prompt"
+    """Which positions of the encoded prompt the network reads: `question` (the user's own
+    text, the chat template around it masked out) or `prompt` (every position). Saved
+    reasoners from before this key read the whole prompt, hence this default; the `query`
+    config group sets `question`."""
     arch: str = "query"
     init_from: str | None = None
     """`pretrained` only: where the body's weights come from: `base` (the frozen base's own
@@ -70,6 +76,8 @@ class ReasonerConfig:
             raise ConfigError(f"reasoner.dropout={self.dropout} must be in [0, 1)")
         if self.arch not in ARCHS:
             raise ConfigError(f"reasoner.arch={self.arch!r} is not one of {ARCHS}")
+        if self.attend not in ATTENDS:
+            raise ConfigError(f"reasoner.attend={self.attend!r} is not one of {ATTENDS}")
         if self.arch == "pretrained":
             if self.layout not in LAYOUTS:
                 raise ConfigError(f"reasoner.layout={self.layout!r} is not one of {LAYOUTS}")
@@ -167,3 +175,17 @@ def read_config(directory: str | Path) -> ReasonerConfig:
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}") from err
     return ReasonerConfig.from_dict(raw, where=str(path))
+
+
+def latent_spread(latents: torch.Tensor) -> float:
+    """How much the latents differ across the questions of a batch: the mean distance of each
+    question's latent vectors from the batch's mean ones, relative to their mean norm.
+
+    0 for latents that ignore the question (a learned prompt); a collapse towards it shows as
+    a fall (DESIGN.md section 5). NaN for a batch of one question.
+    """
+    z = latents.detach().float()
+    if z.shape[0] < 2:
+        return float("nan")
+    spread = (z - z.mean(0, keepdim=True)).norm(dim=-1).mean()
+    return float(spread / z.norm(dim=-1).mean().clamp(min=1e-12))

@@ -15,6 +15,7 @@ from lrt.checkpoint import check_base_model
 from lrt.errors import CheckpointError, NonFiniteLossError
 from lrt.grading import grade
 from lrt.latent_lm import LatentLM
+from lrt.reasoner import latent_spread
 from lrt.training.optim import configure
 from lrt.training.settings import StageSettings
 
@@ -65,6 +66,8 @@ class StageModule(L.LightningModule):
         self.settings = settings
         self._val_counts = torch.zeros(2, dtype=torch.float64)
         """Correct answers and questions of this rank's validation shard."""
+        self._val_spread = torch.zeros(2, dtype=torch.float64)
+        """Summed latent spread and number of validation batches of this rank."""
         self.seed = seed
         self.answer_tokens = answer_tokens
         self.skip_nonfinite = skip_nonfinite
@@ -170,14 +173,22 @@ class StageModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_counts = torch.zeros(2, dtype=torch.float64)
+        self._val_spread = torch.zeros(2, dtype=torch.float64)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Greedy `eval_mode` answers on this rank's shard of the fixed validation slice, graded by
         the task's grader (padding examples, slot -1, are decoded but not counted)."""
         prefix = self.lm.encode(batch["input_ids"], batch["attention_mask"])
+        latents = None
+        if self.eval_mode == "lrt":
+            latents = self.lm.reason(prefix)
+            counted = batch["slot"] >= 0
+            if int(counted.sum()) > 1:
+                self._val_spread += torch.tensor([latent_spread(latents[counted]), 1.0])
         gen = self.lm.generate(
             prefix,
             self.eval_mode,
+            latents=latents,
             max_answer_tokens=self.answer_tokens,
             all_done=self.all_done,
         )
@@ -189,6 +200,9 @@ class StageModule(L.LightningModule):
                 self._val_counts += torch.tensor([grade(self.task, text, records[i]), 1.0])
 
     def on_validation_epoch_end(self) -> None:
+        spread, batches = self.all_sum(self._val_spread).tolist()
+        if batches:  # the mean over validation batches (each of one rank's questions)
+            self.log("val/latent_spread", spread / batches, sync_dist=True)
         correct, total = self.all_sum(self._val_counts).tolist()
         if total:
             self.log("val/accuracy", correct / total, prog_bar=True, sync_dist=True)

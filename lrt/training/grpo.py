@@ -142,7 +142,7 @@ class GRPOModule(StageModule):
 
     def _means(self, reasoner: nn.Module, prefix: Prefix) -> torch.Tensor:
         """mu [B, K, d] in float32, rounded to the base's dtype exactly as decoding sees it."""
-        return reasoner(prefix.hidden, prefix.mask).to(self.lm.base.dtype).float()
+        return reasoner(prefix.hidden, prefix.reasoner_mask).to(self.lm.base.dtype).float()
 
     # --- rollouts ----------------------------------------------------------------------------
 

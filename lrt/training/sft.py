@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 from lrt.latent_lm import LatentLM
+from lrt.reasoner import latent_spread
 from lrt.training.base import StageModule
 from lrt.training.settings import SFTSettings
 
@@ -23,15 +25,18 @@ class SFTModule(StageModule):
     def __init__(self, lm: LatentLM, task: str, settings: SFTSettings, **run: int) -> None:
         super().__init__(lm, task, settings, **run)
         self._val_nll = torch.zeros(2, dtype=torch.float64)
+        self._spreads: list[float] = []
 
     def answer_nll(self, batch: Batch) -> torch.Tensor:
-        """Summed negative log-likelihood of the batch's answer tokens."""
+        """Summed negative log-likelihood of the batch's answer tokens; the latents' spread
+        across its questions is kept for the log."""
         return self.lm.sft_loss(
             batch["input_ids"],
             batch["attention_mask"],
             batch["answer_ids"],
             batch["answer_mask"],
             reduction="sum",
+            on_latents=lambda z: self._spreads.append(latent_spread(z)),
         )
 
     def training_step(self, batch: Batch, batch_idx: int) -> None:
@@ -42,8 +47,10 @@ class SFTModule(StageModule):
         size = self.settings.micro_batch_size or b
         chunks = [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, b, size)]
         tokens = self.all_sum(batch["answer_mask"].sum())
+        self._spreads = []
         loss = self.optimizer_step_on(chunks, self.answer_nll, tokens)
         self.log("train/loss", float(loss), prog_bar=True, batch_size=b)
+        self.log("train/latent_spread", float(np.nanmean(self._spreads)), batch_size=b)
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=b)
         self.log("train/step_time_s", time.perf_counter() - started, batch_size=b)
 
