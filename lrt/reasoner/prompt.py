@@ -1,27 +1,24 @@
-"""`arch: prompt`, the question-blind control: K trainable vectors that never see the question.
+"""`arch: prompt`, the question-blind control: K latent vectors that never see the question.
 
-Prompt tuning (Lester et al. 2021) at the reasoner's place: the same K, the same output norm
-and scale, the same stages and evaluation, but no input. Whatever a trained reasoner gains
-over this control is what its latents carry about the question (DESIGN.md section 5).
+Prompt tuning (Lester et al. 2021) at the reasoner's place, with prefix-tuning's
+reparameterisation (Li & Liang 2021): the query reasoner's own network, whose cross-attention
+reads one constant state instead of the question. The control thus has the reasoner's size,
+initialisation and optimisation, everything but the question, so whatever a trained reasoner
+gains over it is what its latents carry about the question (DESIGN.md section 5). (Free
+vectors trained directly, the plain form, learned more slowly on arith: README.)
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from lrt.reasoner.base import Reasoner, ReasonerConfig, RMSNorm
+from lrt.reasoner.query import QueryReasoner
 
 
-class PromptReasoner(Reasoner):
-    """K learned latent vectors, the same for every question (`arch: prompt`)."""
-
-    def __init__(self, config: ReasonerConfig) -> None:
-        super().__init__(config)
-        d = config.base_hidden_size
-        self.latents = nn.Parameter(torch.randn(config.num_latents, d))
-        self.out_norm = RMSNorm(d, init_gain=config.embed_rms)
+class PromptReasoner(QueryReasoner):
+    """The same K latents for every question (`arch: prompt`)."""
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        z = self.out_norm(self.latents)
-        return z.unsqueeze(0).expand(hidden.shape[0], -1, -1)
+        b, d = hidden.shape[0], self.config.base_hidden_size
+        blank = hidden.new_zeros((b, 1, d), dtype=self.f_in.weight.dtype)
+        return super().forward(blank, mask.new_ones((b, 1)))
