@@ -42,9 +42,8 @@ class ReasonerConfig:
     """Which hidden-state layer of the base to read (-1: last layer, 0: embeddings)."""
     attend: str = "prompt"
     """Which positions of the encoded prompt the network reads: `question` (the user's own
-    text, the chat template around it masked out) or `prompt` (every position). Saved
-    reasoners from before this key read the whole prompt, hence this default; the `query`
-    config group sets `question`."""
+    text, the chat template around it masked out) or `prompt` (every position, as reasoners
+    saved before this key did)."""
     arch: str = "query"
     init_from: str | None = None
     """`pretrained` only: where the body's weights come from: `base` (the frozen base's own
