@@ -8,15 +8,12 @@ every rank, and only the writing of files is left to rank 0.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
-
-from lrt.data.samplers import shard
 
 T = TypeVar("T")
 
@@ -56,14 +53,3 @@ def gather_objects(value: T) -> list[T]:
     out: list[Any] = [None] * size
     dist.all_gather_object(out, value)
     return out
-
-
-def padded_shard(items: Sequence[T], rank: int, world_size: int) -> tuple[list[T], int]:
-    """Rank `rank`'s contiguous share of `items`, padded by repeating its last item to the
-    longest share's length (every rank then runs the same batches), and how many are real."""
-    mine = shard(items, rank, world_size)
-    width = -(-len(items) // world_size)
-    real = len(mine)
-    if not mine:
-        mine = [items[-1]]
-    return mine + [mine[-1]] * (width - len(mine)), real

@@ -19,7 +19,7 @@ from lrt import sampling
 from lrt.data.prompts import PromptConfig, format_prompt
 from lrt.data.records import Record
 from lrt.decoding import Generation
-from lrt.distributed import gather_objects, padded_shard, world
+from lrt.distributed import gather_objects, world
 from lrt.errors import ConfigError
 from lrt.evaluation.metrics import compare_to_best_baseline, compare_to_swap, summarize
 from lrt.grading import extract, grade
@@ -198,6 +198,25 @@ def prompt_variant(lm: LatentLM, mode: str) -> tuple[str | None, bool]:
     return system, parse_mode(mode)[0] != "direct"
 
 
+def length_batches(
+    lm: LatentLM,
+    records: Sequence[Record],
+    prompt: PromptConfig,
+    modes: Sequence[str],
+    batch_size: int,
+) -> list[list[int]]:
+    """The batches `predict_modes` decodes, as record positions: the records ordered by prompt
+    length (less padding) and cut every `batch_size` (`batch_starts`)."""
+    if not modes or not records:
+        return []
+    system, thinking = prompt_variant(lm, modes[0])
+    texts = [format_prompt(lm.tokenizer, r, prompt, system, thinking) for r in records]
+    lengths = [len(ids) for ids in lm.tokenizer(texts, add_special_tokens=False).input_ids]
+    order = sorted(range(len(records)), key=lambda i: lengths[i])
+    starts = batch_starts(len(order), batch_size, modes)
+    return [order[a:b] for a, b in zip(starts, [*starts[1:], len(order)], strict=True)]
+
+
 def predict_modes(
     lm: LatentLM,
     task: str,
@@ -213,40 +232,60 @@ def predict_modes(
 ) -> dict[str, list[Prediction]]:
     """Decode and grade `records` in every mode of `modes` (labels such as `cot@256`).
 
-    Questions are batched by prompt length (less padding), and each batch is encoded once per
-    prompt variant and decoded in every mode that shares it, from forks of one KV cache; a
+    Questions are batched by prompt length (`length_batches`), and each batch is encoded once
+    per prompt variant and decoded in every mode that shares it, from forks of one KV cache; a
     mode's `batch_time_s` is that encode plus its own decoding, as if it had run alone.
     With `samples` > 1 every question is answered that many times from one encode; set
     `settings.temperature` > 0 or the samples coincide. A sample's randomness is a function
     of (seed, question position, sample number) alone, whatever the batching.
     """
+    batches = length_batches(lm, records, prompt, modes, batch_size)
+    out = answer_batches(
+        lm, task, records, prompt, modes, settings, batches, seed, on_batch, samples, all_done
+    )
+    return {m: [p for p in preds if p is not None] for m, preds in out.items()}
+
+
+def answer_batches(
+    lm: LatentLM,
+    task: str,
+    records: Sequence[Record],
+    prompt: PromptConfig,
+    modes: Sequence[str],
+    settings: DecodeConfig,
+    batches: Sequence[Sequence[int]],
+    seed: int = 0,
+    on_batch: Callable[[list[Prediction]], None] | None = None,
+    samples: int = 1,
+    all_done: Callable[[bool], bool] | None = None,
+) -> dict[str, list[Prediction | None]]:
+    """`predict_modes` over the given batches of record positions: per mode, one slot per
+    (record, sample), `None` where no batch held the record."""
     if samples < 1:
         raise ConfigError(f"samples={samples} must be at least 1")
     variants: dict[tuple[str | None, bool], list[str]] = {}
     for mode in modes:
         variants.setdefault(prompt_variant(lm, mode), []).append(mode)
-    texts = {v: [format_prompt(lm.tokenizer, r, prompt, *v) for r in records] for v in variants}
-    first = texts[next(iter(variants))] if variants else []
-    lengths = [len(ids) for ids in lm.tokenizer(first, add_special_tokens=False).input_ids]
-    order = sorted(range(len(records)), key=lambda i: lengths[i])
     stream = sampling.key(seed)
     out: dict[str, list[Prediction | None]] = {m: [None] * len(records) * samples for m in modes}
-    starts = batch_starts(len(order), batch_size, modes)
-    for start, end in zip(starts, [*starts[1:], len(order)], strict=True):
-        index = order[start:end]
+    for index in batches:
         rows = torch.tensor(
             [i * samples + s for i in index for s in range(samples)], device=lm.device
         )
         for variant, members in variants.items():
             t0 = time.perf_counter()
-            prefix = lm.encode(*lm.tokenize_prompts([texts[variant][i] for i in index]))
+            texts = [format_prompt(lm.tokenizer, records[i], prompt, *variant) for i in index]
+            prefix = lm.encode(*lm.tokenize_prompts(texts))
             prompt_lengths = prefix.mask.sum(1).repeat_interleave(samples).tolist()
             if samples > 1:
                 prefix = prefix.fork(samples)
             encoded = time.perf_counter() - t0
             spread = None
-            if any(parse_mode(m)[0] in ("lrt", "lrt-swap") for m in members) and len(index) > 1:
-                spread = latent_spread(lm.reason(prefix))
+            if any(parse_mode(m)[0] in ("lrt", "lrt-swap") for m in members):
+                # Called whatever the batch size: under FSDP the reasoner's forward is a
+                # collective, which every rank must enter as often as the others.
+                latents = lm.reason(prefix)
+                spread = latent_spread(latents) if len(index) > 1 else None
             for mode in members:
                 t1 = time.perf_counter()
                 base_mode, budget = parse_mode(mode)
@@ -286,7 +325,7 @@ def predict_modes(
                     out[mode][row] = p
                 if on_batch is not None:
                     on_batch(preds)
-    return {m: [p for p in preds if p is not None] for m, preds in out.items()}
+    return out
 
 
 def predict(
@@ -324,18 +363,24 @@ def mode_rows(
     ends: accuracy with its 95% interval, the paired difference against the best no-thinking
     baseline, tokens, positions and time per question (`summarize` plus comparisons).
 
-    Under data parallelism every rank decodes its own shard of the records (padded so that
-    all ranks run the same batches, with `all_done` keeping their decoding in step) and the
-    predictions are gathered, so every rank returns the table of the whole set.
+    Under data parallelism the batches are those of one process, dealt to the ranks in turn
+    (each rank runs as many, repeating its last one where it is short, so that `all_done`
+    keeps their decoding in step), and the predictions are gathered: every rank returns the
+    table of the whole set, the same as one process prints, `lrt-swap` and spreads included.
     """
     rank, size = world()
-    mine, real = padded_shard(records, rank, size)
-    rows, by_mode = [], []
-    answered = predict_modes(
-        lm, task, mine, prompt, modes, settings, batch_size, seed, all_done=all_done
+    plan = length_batches(lm, records, prompt, modes, batch_size)
+    mine = plan[rank::size]
+    turns = -(-len(plan) // size)
+    if plan:
+        mine += [mine[-1] if mine else plan[-1]] * (turns - len(mine))
+    answered = answer_batches(
+        lm, task, records, prompt, modes, settings, mine, seed, None, 1, all_done
     )
+    rows, by_mode = [], []
     for mode in modes:
-        preds = [p for part in gather_objects(answered[mode][:real]) for p in part]
+        parts = gather_objects(answered[mode])
+        preds = [next(p for p in slot if p is not None) for slot in zip(*parts, strict=True)]
         rows.append({"task": task, "mode": mode, **summarize(preds)})
         by_mode.append(preds)
     compare_to_best_baseline(rows, by_mode, seed)
