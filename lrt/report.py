@@ -82,12 +82,11 @@ def by_steps_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     table = []
     for r in rows:
         split = {int(n): v for n, v in (r.get("accuracy_by_steps") or {}).items()}
-        cells = {
-            f"{n} steps": f"{percent(split[n]['accuracy'])} (n={split[n]['samples']})"
-            if n in split
-            else ""
-            for n in steps
-        }
+        cells = {}
+        for n in steps:
+            cell = split.get(n)
+            label = f"{n} step" + ("s" if n != 1 else "")
+            cells[label] = f"{percent(cell['accuracy'])} (n={cell['samples']})" if cell else ""
         table.append({k: r[k] for k in ("checkpoint", "mode") if k in r} | cells)
     return table
 
