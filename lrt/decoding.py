@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from transformers import DynamicCache
@@ -64,8 +64,13 @@ class Decoder:
 
     Written here rather than taken from `generate()` because the span holds latent embeddings,
     the prompt cache is shared across samples, and cot needs a per-row forced close marker; all
-    rows still advance one token per step (forced tokens are fed like sampled ones).
+    rows still advance one token per step (forced tokens are fed like sampled ones), and rows
+    that have finished leave the batch (`prunes`), so a batch's last steps cost what its
+    longest answers cost rather than what the whole batch does.
     """
+
+    prunes: ClassVar[bool] = True
+    """Drop finished rows from the cache; a subclass that indexes rows itself sets False."""
 
     def __init__(
         self,
@@ -109,9 +114,10 @@ class Decoder:
         # The mask grows by one column per step: allocated once, read through a growing view.
         start = mask.shape[1]
         full = torch.cat([mask, mask.new_ones(self.b, max_steps)], dim=1)
+        live = list(range(self.b))  # the rows that `cache`, `full` and `logits` still hold
         first_token_at = 0.0
         for t in range(max_steps):
-            u = noise.uniform(t) if noise is not None and temperature > 0 else None
+            u = noise.uniform(t)[live] if noise is not None and temperature > 0 else None
             sampled = sample_tokens(logits, temperature, top_p, u)
             # log p of the chosen token without a full log-softmax: its logit minus logsumexp.
             chosen = logits.gather(-1, sampled[:, None]).squeeze(-1) - logits.logsumexp(-1)
@@ -120,11 +126,20 @@ class Decoder:
             if t == 0:
                 first_token_at = time.perf_counter()
             tokens, logps = host[0].long().tolist(), host[1].tolist()
-            next_ids = [self._step(i, tokens[i], logps[i]) for i in range(self.b)]
+            next_ids = [self._step(i, tokens[j], logps[j]) for j, i in enumerate(live)]
             done = all(self.done)
             if all_done(done) if all_done is not None else done:
                 break
-            ids = torch.tensor(next_ids, device=mask.device).unsqueeze(1)
+            kept = [j for j, i in enumerate(live) if not self.done[i]]
+            if self.prunes and kept and len(kept) < len(live):
+                # Finished rows leave the batch: later steps cost what the rows still
+                # decoding cost (a rank with none left keeps its rows for `all_done`'s steps).
+                index = torch.tensor(kept, device=full.device)
+                cache.batch_select_indices(index)
+                full = full[index]
+                live = [live[j] for j in kept]
+                next_ids = [next_ids[j] for j in kept]
+            ids = torch.tensor(next_ids, device=full.device).unsqueeze(1)
             mask = full[:, : start + t + 1]
             logits = self._advance(ids, mask, cache)
         for i in range(self.b):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lrt.decoding import Decoder
 from lrt.latent_lm import LatentLM
 
 PROMPTS = [
@@ -131,3 +132,31 @@ def test_thinking_span_is_opened_exactly_once(tiny_lm: LatentLM, template: str) 
         b = lm.generate(bare, mode, latents=z, budget=4, max_answer_tokens=4).token_ids
         assert a == b, mode
     assert cot_prompt(text, "<think>\n", tokenizer).count("<think>") == 1
+
+
+def test_finished_rows_leave_the_batch_without_changing_any_answer(
+    tiny_lm: LatentLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows that have stopped are dropped from the cache, so later steps feed fewer rows; every
+    row's tokens are those of decoding with all rows kept to the end."""
+    prefix = tiny_lm.encode(*tiny_lm.tokenize_prompts(PROMPTS))
+    unstopped = tiny_lm.generate(prefix, "lrt", max_answer_tokens=6).token_ids
+    # Make row 0's second token an end token, so that row 0 stops while the others go on.
+    tiny_lm.eos_ids = [*tiny_lm.eos_ids, unstopped[0][1]]
+    assert any(unstopped[0][1] not in row[:6] for row in unstopped[1:]), "no row outlives row 0"
+    widths: list[int] = []
+    advance = Decoder._advance
+
+    def counted(self: Decoder, ids: torch.Tensor, *args: object) -> torch.Tensor:
+        widths.append(ids.shape[0])
+        return advance(self, ids, *args)
+
+    monkeypatch.setattr(Decoder, "_advance", counted)
+    pruned = tiny_lm.generate(prefix, "lrt", max_answer_tokens=6)
+    assert min(widths) < 3, widths  # some row stopped early and left the batch
+    monkeypatch.setattr(Decoder, "prunes", False)
+    widths.clear()
+    kept = tiny_lm.generate(prefix, "lrt", max_answer_tokens=6)
+    assert set(widths) == {3}
+    assert pruned.token_ids == kept.token_ids and pruned.texts == kept.texts
+    torch.testing.assert_close(pruned.mean_logprob, kept.mean_logprob, equal_nan=True)

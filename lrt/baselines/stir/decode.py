@@ -92,6 +92,8 @@ class SteeredLM(LatentLM):
 class SteeredDecoder(Decoder):
     """`cot`'s decoder with STIR's Retrieve-Preview-Commit at segment boundaries."""
 
+    prunes = False  # its per-row state (segments, probes, recomputes) indexes the whole batch
+
     def __init__(
         self, lm: SteeredLM, batch_size: int, budget: int, max_answer: int, force_answer: str
     ) -> None:
