@@ -219,6 +219,7 @@ def train_reasoner(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Pat
         config.stage.batch_size,
         seed=config.seed,
         prompt_budget=prompt_budget(config, lm),
+        val_batch_size=config.stage.val_batch_size,
     )
     module_class = get_stage(config.stage.name).lightning_module
     module = module_class(

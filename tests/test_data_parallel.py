@@ -94,6 +94,23 @@ def test_evaluation_shards_run_the_same_batches_on_every_rank() -> None:
     assert shards[1][-1] == [(4, -1)]  # padding repeats the shard's last record, not counted
 
 
+def test_validation_batches_have_their_own_width() -> None:
+    """`stage.val_batch_size` sets how many validation questions a rank decodes together,
+    apart from the training batch (null: the training batch, as before)."""
+    data_cfg = OmegaConf.load(ROOT / "conf" / "data" / "arith.yaml")
+    data_cfg.train.limit, data_cfg.val.limit = 10, 10
+    config = typed(DataConfig, data_cfg, "data")
+
+    def widths(**width: int) -> list[int]:
+        data = LRTDataModule(config, tiny_tokenizer(), None, 2, **width)
+        data.setup()
+        data.trainer = SimpleNamespace(global_rank=0, world_size=1)
+        return [len(b["index"]) for b in data.val_dataloader()]
+
+    assert widths(val_batch_size=8) == [8, 2]
+    assert widths() == [2] * 5
+
+
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_reasoner(run_dir / "reasoner" / "final").state_dict()
 

@@ -78,8 +78,10 @@ class LRTDataModule(L.LightningDataModule):
         batch_size: int,
         seed: int = 0,
         prompt_budget: int | None = None,
+        val_batch_size: int | None = None,
     ) -> None:
-        """`prompt_budget`: prompt tokens the model's context leaves room for (None: unknown)."""
+        """`prompt_budget`: prompt tokens the model's context leaves room for (None: unknown);
+        `val_batch_size`: validation questions per batch on a rank (None: `batch_size`)."""
         super().__init__()
         data.require_training_splits()
         self.data = data
@@ -89,6 +91,7 @@ class LRTDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
         self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
         self.seed = seed
         self.train_set: PromptDataset | None = None
         self.val_set: PromptDataset | None = None
@@ -154,6 +157,9 @@ class LRTDataModule(L.LightningDataModule):
         """Rank r's shard of the validation split; the stage sums the counts over ranks."""
         assert self.val_set is not None
         sampler = ShardedEvalSampler(
-            len(self.val_set), self.batch_size, self.trainer.global_rank, self.trainer.world_size
+            len(self.val_set),
+            self.val_batch_size,
+            self.trainer.global_rank,
+            self.trainer.world_size,
         )
         return DataLoader(self.val_set, batch_sampler=sampler, collate_fn=Collator(self.tokenizer))

@@ -36,6 +36,10 @@ class StageSettings:
     optim: OptimConfig = field(default_factory=OptimConfig)
     val_every_n_steps: int = 50
     """Validation (greedy `lrt` at `data.max_answer_tokens` on `data.val`) every N steps."""
+    val_batch_size: int | None = None
+    """Validation questions decoded together on a rank (null: `batch_size`). Token-by-token
+    decoding costs nearly as much per step for 8 rows as for 64, so wide batches validate
+    several times faster where memory allows."""
     checkpoint_every_n_steps: int = 50
 
     def __post_init__(self) -> None:
@@ -46,6 +50,10 @@ class StageSettings:
             value = getattr(self, key)
             if not _positive(value):
                 raise ConfigError(f"stage.{key}={value} must be a positive integer")
+        if self.val_batch_size is not None and not _positive(self.val_batch_size):
+            raise ConfigError(
+                f"stage.val_batch_size={self.val_batch_size} must be a positive integer or null"
+            )
         micro = self.micro_batch_size
         if micro is not None and not _positive(micro):
             raise ConfigError(f"stage.micro_batch_size={micro} must be a positive integer or null")

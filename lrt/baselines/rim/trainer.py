@@ -134,6 +134,7 @@ def train_rim(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Path:
         settings.batch_size,
         seed=config.seed,
         prompt_budget=prompt_budget(lm, config),
+        val_batch_size=settings.val_batch_size,
     )
     data.setup()
     if settings.phase != "refinement":
