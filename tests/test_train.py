@@ -97,7 +97,7 @@ def test_three_steps_write_checkpoint_and_reasoner(tmp_path: Path) -> None:
             "trainer.accumulate_grad_batches=2 is not supported: set stage.micro_batch_size",
         ),
         ("+trainer.gradient_clip_val=0.5", "set stage.max_grad_norm instead"),
-        ("stage.micro_batch_size=3", "stage.batch_size=8 must be a multiple of stage.micro_bat"),
+        ("stage.micro_batch_size=4", "stage.batch_size=6 must be a multiple of stage.micro_bat"),
         ("+stage.foo=1", "unknown key 'stage.foo'"),
         ("stage.optim.lr=-1", "stage.optim.lr=-1.0 must be positive"),
         ("+foo=1", "unknown key 'foo'"),
