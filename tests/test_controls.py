@@ -135,6 +135,20 @@ def test_lrt_swap_answers_with_the_next_questions_latents(tiny_backbone: Backbon
     assert out["lrt"][0].steps == len(records[0].steps)
 
 
+def test_one_reasoner_pass_serves_every_latent_mode_of_a_batch(
+    tiny_backbone: Backbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The latents computed for the spread are the ones `lrt` and `lrt-swap` decode with."""
+    lm = lm_with(tiny_backbone)
+    records, _, _ = prompts(lm, n=3)
+    calls: list[int] = []
+    reason = type(lm).reason
+    monkeypatch.setattr(type(lm), "reason", lambda self, p: calls.append(1) or reason(self, p))
+    settings = DecodeConfig(max_answer_tokens=3)
+    predict_modes(lm, "arith", records, PromptConfig(), ["lrt", "lrt-swap"], settings, 3)
+    assert len(calls) == 1
+
+
 def test_summaries_split_accuracy_by_steps_and_pair_lrt_with_its_swap(
     tiny_backbone: Backbone,
 ) -> None:

@@ -132,6 +132,10 @@ def select_rows(prefix: Prefix, rows: Sequence[int]) -> Prefix:
     return prefix.rows_of(cache, lambda t: t[index])
 
 
+LATENT_MODES = ("lrt", "lrt-swap")
+"""The modes that decode with the reasoner's latents of the batch (`hybrid` computes its own)."""
+
+
 def decode(
     lm: LatentLM,
     prefix: Prefix,
@@ -140,26 +144,28 @@ def decode(
     noise: RowNoise,
     all_done: Callable[[bool], bool] | None = None,
     samples: int = 1,
+    latents: torch.Tensor | None = None,
 ) -> list[_Answer]:
     """Generate every row of `prefix` in `mode`; hybrid gates `lrt` answers into `cot`;
     `lrt-swap` decodes each question with the latents of the next question of the batch (its
-    rows hold `samples` consecutive samples per question)."""
+    rows hold `samples` consecutive samples per question). `latents`: the reasoner's for
+    `prefix`, when the caller has them already (else computed here)."""
 
     def run(p: Prefix, m: str, rows: RowNoise, route: str | None = None) -> list[_Answer]:
-        latents = None
-        if m in ("lrt", "lrt-swap") and (settings.latent_noise > 0 or m == "lrt-swap"):
-            latents = lm.reason(p)
-        if latents is not None and settings.latent_noise > 0:
+        z = None
+        if m in LATENT_MODES:
+            z = latents if latents is not None and p is prefix else lm.reason(p)
+        if z is not None and settings.latent_noise > 0:
             sigma = settings.latent_noise * lm.backbone.embedding_rms()
-            shape = tuple(latents.shape[1:])
-            latents = latents + sigma * rows.gaussian(shape, latents.device).to(latents.dtype)
+            shape = tuple(z.shape[1:])
+            z = z + sigma * rows.gaussian(shape, z.device).to(z.dtype)
         if m == "lrt-swap":
-            latents = swapped(latents, samples)
+            z = swapped(z, samples)
             m = "lrt"
         gen = lm.generate(
             p,
             m,
-            latents=latents,
+            latents=z,
             max_answer_tokens=settings.max_answer_tokens,
             budget=settings.budget,
             force_answer=settings.force_answer,
@@ -280,19 +286,25 @@ def answer_batches(
             if samples > 1:
                 prefix = prefix.fork(samples)
             encoded = time.perf_counter() - t0
-            spread = None
-            if any(parse_mode(m)[0] in ("lrt", "lrt-swap") for m in members):
+            spread = latents = None
+            reasoned = 0.0  # the latents' time, which each mode reading them pays as if alone
+            if any(parse_mode(m)[0] in LATENT_MODES for m in members):
                 # Called whatever the batch size: under FSDP the reasoner's forward is a
                 # collective, which every rank must enter as often as the others.
+                t_r = time.perf_counter()
                 latents = lm.reason(prefix)
+                reasoned = time.perf_counter() - t_r
                 spread = latent_spread(latents) if len(index) > 1 else None
             for mode in members:
                 t1 = time.perf_counter()
                 base_mode, budget = parse_mode(mode)
+                setup = encoded + (reasoned if base_mode in LATENT_MODES else 0.0)
                 mode_settings = settings if budget is None else replace(settings, budget=budget)
                 noise = RowNoise(stream, rows)
-                answers = decode(lm, prefix, base_mode, mode_settings, noise, all_done, samples)
-                batch_time = encoded + time.perf_counter() - t1
+                answers = decode(
+                    lm, prefix, base_mode, mode_settings, noise, all_done, samples, latents
+                )
+                batch_time = setup + time.perf_counter() - t1
                 preds = [
                     Prediction(
                         id=records[i].id,
@@ -305,14 +317,14 @@ def answer_batches(
                         after_prompt=a.after_prompt,
                         batch_time_s=batch_time,
                         time_per_question_s=batch_time / len(index),
-                        ttft_s=encoded + a.first_token_at - t1,
+                        ttft_s=setup + a.first_token_at - t1,
                         truncated=a.truncated,
                         confidence=a.confidence,
                         sample=s,
                         route=a.route,
                         probe_tokens=a.probe_tokens,
                         steps=len(records[i].steps) if records[i].steps else None,
-                        latent_spread=spread if base_mode in ("lrt", "lrt-swap") else None,
+                        latent_spread=spread if base_mode in LATENT_MODES else None,
                     )
                     for (i, s), a, n_prompt in zip(
                         [(i, s) for i in index for s in range(samples)],
