@@ -37,9 +37,9 @@ class StageSettings:
     val_every_n_steps: int = 50
     """Validation (greedy `lrt` at `data.max_answer_tokens` on `data.val`) every N steps."""
     val_batch_size: int | None = None
-    """Validation questions decoded together on a rank (null: `batch_size`). Token-by-token
-    decoding costs nearly as much per step for 8 rows as for 64, so wide batches validate
-    several times faster where memory allows."""
+    """Validation questions decoded together on a rank (null: `batch_size`): its own width, so
+    that validation need not decode in training-sized batches (on the default CPU job the gain
+    was within noise: README, "The default job's recipe")."""
     checkpoint_every_n_steps: int = 50
 
     def __post_init__(self) -> None:
