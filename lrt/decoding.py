@@ -40,6 +40,11 @@ class Generation:
     extra_positions: list[int] | None = None
     """Positions a steered decoder processed per row besides the decoded tokens (probes,
     steered re-feeds and unsteered recomputes)."""
+    sampled_logprobs: list[list[float]] | None = None
+    """Per row, each token's log-prob under the distribution it was drawn from (the logits
+    divided by the temperature, before top-p; NaN for forced tokens); set when sampling. GRPO
+    compares them with the log-probs its loss recomputes: at the first iteration the two
+    must agree, or the policy gradient is taken for a policy that did not sample."""
 
     def select(self, rows: list[int]) -> Generation:
         """The continuations of `rows` only, in that order."""
@@ -54,6 +59,7 @@ class Generation:
             num_generated=pick(self.num_generated),
             mean_logprob=self.mean_logprob[rows],
             truncated=pick(self.truncated),
+            sampled_logprobs=pick(self.sampled_logprobs),
             probe_tokens=pick(self.probe_tokens),
             extra_positions=pick(self.extra_positions),
         )
@@ -94,6 +100,7 @@ class Decoder:
         self.n_think = [0] * batch_size
         self.n_answer = [0] * batch_size
         self.logp_sum = torch.zeros(batch_size)
+        self.sampled_logps: list[list[float]] = [[] for _ in range(batch_size)]
         self.done = [False] * batch_size
         self.truncated = [False] * batch_size
 
@@ -120,13 +127,17 @@ class Decoder:
             u = noise.uniform(t)[live] if noise is not None and temperature > 0 else None
             sampled = sample_tokens(logits, temperature, top_p, u)
             # log p of the chosen token without a full log-softmax: its logit minus logsumexp.
-            chosen = logits.gather(-1, sampled[:, None]).squeeze(-1) - logits.logsumexp(-1)
+            picked = logits.gather(-1, sampled[:, None]).squeeze(-1)
+            rows = [sampled.to(logits.dtype), picked - logits.logsumexp(-1)]
+            if temperature > 0:  # and under the distribution it was drawn from
+                rows.append(picked / temperature - (logits / temperature).logsumexp(-1))
             # One transfer to the host per step: the tokens and their log-probs together.
-            host = torch.stack([sampled.to(chosen.dtype), chosen]).cpu()
+            host = torch.stack(rows).cpu()
             if t == 0:
                 first_token_at = time.perf_counter()
             tokens, logps = host[0].long().tolist(), host[1].tolist()
-            next_ids = [self._step(i, tokens[j], logps[j]) for j, i in enumerate(live)]
+            drawn = host[2].tolist() if temperature > 0 else logps
+            next_ids = [self._step(i, tokens[j], logps[j], drawn[j]) for j, i in enumerate(live)]
             done = all(self.done)
             if all_done(done) if all_done is not None else done:
                 break
@@ -156,6 +167,7 @@ class Decoder:
             mean_logprob=self.logp_sum / n_ans,
             truncated=self.truncated,
             first_token_at=first_token_at,
+            sampled_logprobs=self.sampled_logps if temperature > 0 else None,
         )
 
     def _advance(self, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
@@ -173,15 +185,18 @@ class Decoder:
         )
         return out.logits[:, -1].float()
 
-    def _step(self, i: int, sampled: int, logp: float) -> int:
-        """Advance row `i`; return the token fed to the model next for that row."""
+    def _step(self, i: int, sampled: int, logp: float, drawn_logp: float) -> int:
+        """Advance row `i`; return the token fed to the model next for that row. `logp` is the
+        token's log-prob at temperature 1, `drawn_logp` under the distribution it came from."""
         if self.done[i]:
             return self.lm.tokenizer.pad_token_id
         if self.queue[i]:  # budget forcing: feed the close marker and answer prefix
             token = self.queue[i].pop(0)
             self.tokens[i].append(token)
+            self.sampled_logps[i].append(float("nan"))
             return token
         self.tokens[i].append(sampled)
+        self.sampled_logps[i].append(drawn_logp)
         if sampled in self.lm.eos_ids:
             self.done[i] = True
             return sampled

@@ -18,7 +18,7 @@ import logging
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import lightning as L
@@ -212,8 +212,13 @@ def train_reasoner(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Pat
     lm = LatentLM(backbone, starting_reasoner(config, backbone))
     log.info("%s", run_summary(config, run_dir))
     log.info("%s", model_summary(backbone.model, lm.reasoner, backbone.name))
+    data_settings = config.data
+    if config.stage.val_limit is not None:
+        data_settings = replace(
+            data_settings, val=replace(data_settings.val, limit=config.stage.val_limit)
+        )
     data = LRTDataModule(
-        config.data,
+        data_settings,
         backbone.tokenizer,
         backbone.config.system_prompt,
         config.stage.batch_size,

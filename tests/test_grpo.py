@@ -72,11 +72,8 @@ def make_module(backbone: Backbone, dropout: float = 0.0, **settings) -> GRPOMod
         backbone.hidden_size,
         backbone.embedding_rms(),
     )
-    config = GRPOSettings(
-        **{"num_generations": G, "max_answer_tokens": 6, "optim": OptimConfig(lr=1e-2)},
-        max_steps=10,
-        **settings,
-    )
+    defaults = {"num_generations": G, "max_answer_tokens": 6, "optim": OptimConfig(lr=1e-2)}
+    config = GRPOSettings(max_steps=10, **{**defaults, **settings})
     return GRPOModule(LatentLM(backbone, reasoner), "arith", config)
 
 

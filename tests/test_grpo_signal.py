@@ -78,6 +78,7 @@ def fake_module(settings: GRPOSettings, rates: PassRates | None = None) -> Simpl
         return Rollout(
             prefix=prefix, latents=latents, noise=None, old_latent_logp=None,
             answer_ids=None, answer_mask=None, old_answer_logp=None, ref_answer_logp=None,
+            drawn_answer_logp=None,
             rewards=correct.float(), correct=correct, advantages=torch.ones(n),
             mask=torch.ones(n, 3), zero_std=zero_std_groups(correct.float(), G),
             real=(slots >= 0).repeat_interleave(G), generation=generation,

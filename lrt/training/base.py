@@ -14,7 +14,7 @@ import torch
 from lrt.checkpoint import check_base_model
 from lrt.errors import CheckpointError, NonFiniteLossError
 from lrt.grading import grade
-from lrt.latent_lm import LatentLM
+from lrt.latent_lm import LatentLM, Prefix
 from lrt.reasoner import latent_spread
 from lrt.training.optim import configure
 from lrt.training.settings import StageSettings
@@ -198,6 +198,13 @@ class StageModule(L.LightningModule):
         ):
             if slot >= 0:
                 self._val_counts += torch.tensor([grade(self.task, text, records[i]), 1.0])
+        if latents is not None:
+            self.validate_sampled(batch, prefix, latents)
+
+    def validate_sampled(
+        self, batch: dict[str, torch.Tensor], prefix: Prefix, latents: torch.Tensor
+    ) -> None:
+        """Further validation on the batch's latents (GRPO: sampled answers); none here."""
 
     def on_validation_epoch_end(self) -> None:
         spread, batches = self.all_sum(self._val_spread).tolist()

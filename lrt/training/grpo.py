@@ -33,7 +33,7 @@ draws `max_steps / num_iterations` batches of rollouts.
 from __future__ import annotations
 
 import copy
-import math
+import logging
 import time
 from typing import Any
 
@@ -47,12 +47,21 @@ from lrt.grading import extract, grade
 from lrt.latent_lm import LatentLM, Prefix
 from lrt.training.base import StageModule
 from lrt.training.difficulty import PassRates
-from lrt.training.grpo_loss import group_advantages, loss_units, policy_loss_sum, zero_std_groups
+from lrt.training.grpo_loss import (
+    group_advantages,
+    log_sigma_bounds,
+    loss_units,
+    policy_loss_sum,
+    zero_std_groups,
+)
 from lrt.training.policies import AnswerTokenPolicy, LatentGaussianPolicy, Terms
 from lrt.training.pool import pool_rollouts
 from lrt.training.rollout import Rollout
+from lrt.training.sampled_validation import sampled_counts
 from lrt.training.samples import log_samples
 from lrt.training.settings import GRPOSettings
+
+log = logging.getLogger(__name__)
 
 
 class GRPOModule(StageModule):
@@ -75,6 +84,8 @@ class GRPOModule(StageModule):
         g = settings.num_generations
         self._pass_rates: PassRates | None = None
         self._pass_rate_state: dict[str, torch.Tensor] | None = None
+        self._val_sampled = torch.zeros(2, dtype=torch.float64)
+        """Correct sampled validation answers and samples of this rank."""
         self.latent_policy = (
             LatentGaussianPolicy(self.sigma, self.sigma_init, seed, g, settings.latent_logprob)
             if settings.samples_latents
@@ -116,17 +127,8 @@ class GRPOModule(StageModule):
     # --- sigma -------------------------------------------------------------------------------
 
     def _log_sigma_bounds(self) -> tuple[float, float]:
-        """log(sigma_min_scale / sigma_scale) and log(sigma_max_scale / sigma_scale), rounded
-        inwards to float32 so that the clamped float32 parameter never leaves the range."""
         s = self.settings
-        lo = math.log(s.sigma_min_scale / s.sigma_scale)
-        hi = math.log(s.sigma_max_scale / s.sigma_scale)
-        lo32, hi32 = torch.tensor(lo), torch.tensor(hi)
-        if float(lo32) < lo:
-            lo32 = lo32.nextafter(torch.tensor(math.inf))
-        if float(hi32) > hi:
-            hi32 = hi32.nextafter(torch.tensor(-math.inf))
-        return float(lo32), float(hi32)
+        return log_sigma_bounds(s.sigma_scale, s.sigma_min_scale, s.sigma_max_scale)
 
     def sigma(self) -> torch.Tensor:
         """The latent noise scale: fixed, or learned and clamped to its configured range."""
@@ -143,6 +145,33 @@ class GRPOModule(StageModule):
     def _means(self, reasoner: nn.Module, prefix: Prefix) -> torch.Tensor:
         """mu [B, K, d] in float32, rounded to the base's dtype exactly as decoding sees it."""
         return reasoner(prefix.hidden, prefix.reasoner_mask).to(self.lm.base.dtype).float()
+
+    # --- validation: greedy (the base class) and sampled -----------------------------------
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        self._val_sampled = torch.zeros(2, dtype=torch.float64)
+
+    def validate_sampled(
+        self, batch: dict[str, torch.Tensor], prefix: Prefix, latents: torch.Tensor
+    ) -> None:
+        """Sampled pass@1 beside the greedy accuracy (`lrt/training/sampled_validation.py`)."""
+        if self.settings.val_samples and self.settings.samples_answers:
+            self._val_sampled += sampled_counts(self, batch, prefix, latents)
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        correct, total = self.all_sum(self._val_sampled).tolist()
+        if total:
+            self.log("val/pass@1", correct / total, sync_dist=True)
+            if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+                log.info(
+                    "step %d: validation pass@1 %.1f%% (%d samples at temperature %g)",
+                    self.global_step,
+                    100 * correct / total,
+                    total,
+                    self.settings.temperature,
+                )
 
     # --- rollouts ----------------------------------------------------------------------------
 
@@ -198,6 +227,7 @@ class GRPOModule(StageModule):
             answer_mask=None,
             old_answer_logp=None,
             ref_answer_logp=None,
+            drawn_answer_logp=None,
             rewards=rewards,
             correct=correct,
             advantages=group_advantages(rewards, g, s.scale_rewards).to(mu.device) * real,
@@ -210,6 +240,11 @@ class GRPOModule(StageModule):
         if answers is not None:
             ids, mask = pad_token_rows(gen.token_ids, self.lm.tokenizer.pad_token_id)
             rollout.answer_ids, rollout.answer_mask = ids.to(mu.device), mask.to(mu.device)
+            assert gen.sampled_logprobs is not None
+            drawn = torch.zeros(ids.shape)
+            for i, row in enumerate(gen.sampled_logprobs):
+                drawn[i, : len(row)] = torch.tensor(row)
+            rollout.drawn_answer_logp = drawn.to(mu.device)
             rollout.mask = torch.cat([rollout.mask, rollout.answer_mask.to(mu.dtype)], dim=1)
             if s.num_iterations > 1:
                 rollout.old_answer_logp = answers.log_prob(prefix, z, ids, rollout.answer_mask)
@@ -269,6 +304,12 @@ class GRPOModule(StageModule):
         stats: dict[str, torch.Tensor] = {}
         if kl is not None:
             stats["kl"] = ((kl.detach() * mask).sum() / mask.sum().clamp(min=1)).detach()
+        if rollout.drawn_answer_logp is not None:
+            # The answer tokens' log-probs the loss takes for the sampling policy's against
+            # those they were drawn with: 0 up to rounding, or the gradient is off-policy.
+            assert rollout.answer_mask is not None
+            gap = (terms[-1].old_logp.detach() - rollout.drawn_answer_logp).abs()
+            stats["logratio_max"] = (gap * rollout.answer_mask * rollout.real[:, None]).max()
         total, stats["clip_frac"] = policy_loss_sum(
             torch.cat([t.logp for t in terms], dim=1),
             torch.cat([t.old_logp for t in terms], dim=1),
@@ -328,6 +369,9 @@ class GRPOModule(StageModule):
         def loss_sum(rollout: Rollout) -> torch.Tensor:
             total, stats = self.loss_sum(rollout)
             for key, value in stats.items():
+                if key.endswith("_max"):  # the largest over chunks and iterations
+                    totals[key] = max(totals.get(key, 0.0), float(value))
+                    continue
                 share = float(value) / (s.num_iterations * len(rollouts))
                 totals[key] = totals.get(key, 0.0) + share
             return total

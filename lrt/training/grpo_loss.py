@@ -71,6 +71,18 @@ def gaussian_kl(
     return spread + (mu - mu_ref).pow(2).sum(dim=-1) / (2 * sigma_ref.pow(2))
 
 
+def log_sigma_bounds(scale: float, min_scale: float, max_scale: float) -> tuple[float, float]:
+    """log(min_scale / scale) and log(max_scale / scale), the range of a learned log(sigma /
+    sigma_init), rounded inwards to float32 so the clamped float32 parameter never leaves it."""
+    lo, hi = math.log(min_scale / scale), math.log(max_scale / scale)
+    lo32, hi32 = torch.tensor(lo), torch.tensor(hi)
+    if float(lo32) < lo:
+        lo32 = lo32.nextafter(torch.tensor(math.inf))
+    if float(hi32) > hi:
+        hi32 = hi32.nextafter(torch.tensor(-math.inf))
+    return float(lo32), float(hi32)
+
+
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token KL estimate to the reference, `exp(ref - logp) - (ref - logp) - 1` (TRL's k3).
 

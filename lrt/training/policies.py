@@ -24,8 +24,9 @@ from lrt.latent_lm import LatentLM, Prefix
 from lrt.sampling import RowNoise
 from lrt.training.grpo_loss import gaussian_kl, gaussian_logprob, k3_kl
 
-LATENT_STREAM, ANSWER_STREAM = 1, 2
-"""Key-path tags that keep the latent noise and the answer-token uniforms independent."""
+LATENT_STREAM, ANSWER_STREAM, VAL_STREAM = 1, 2, 3
+"""Key-path tags that keep the latent noise, the answer-token uniforms and validation's
+sampled answers independent."""
 
 
 @dataclass

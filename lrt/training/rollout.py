@@ -32,6 +32,10 @@ class Rollout:
     where the current policy is the sampling one (TRL's shortcut: the ratio is 1)."""
     ref_answer_logp: torch.Tensor | None
     """Per answer token log-prob under the reference reasoner (for the k3 KL), or None."""
+    drawn_answer_logp: torch.Tensor | None
+    """Per answer token log-prob the decoder drew it with, [B*G, m]: what the loss's
+    recomputation of the sampling policy is checked against (`train/logratio_max`)."""
+    """Per answer token log-prob under the reference reasoner (for the k3 KL), or None."""
     rewards: torch.Tensor
     correct: torch.Tensor
     advantages: torch.Tensor

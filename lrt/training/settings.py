@@ -40,6 +40,10 @@ class StageSettings:
     """Validation questions decoded together on a rank (null: `batch_size`): its own width, so
     that validation need not decode in training-sized batches (on the default CPU job the gain
     was within noise: README, "The default job's recipe")."""
+    val_limit: int | None = None
+    """How many of `data.val`'s questions this stage validates on (null: `data.val.limit`),
+    so that a stage that chooses its best checkpoint among close ones can validate on more
+    questions than another (GRPO: 200, where 64 questions give +-12 points)."""
     checkpoint_every_n_steps: int = 50
 
     def __post_init__(self) -> None:
@@ -50,6 +54,10 @@ class StageSettings:
             value = getattr(self, key)
             if not _positive(value):
                 raise ConfigError(f"stage.{key}={value} must be a positive integer")
+        if self.val_limit is not None and not _positive(self.val_limit):
+            raise ConfigError(
+                f"stage.val_limit={self.val_limit} must be a positive integer or null"
+            )
         if self.val_batch_size is not None and not _positive(self.val_batch_size):
             raise ConfigError(
                 f"stage.val_batch_size={self.val_batch_size} must be a positive integer or null"
@@ -138,6 +146,9 @@ class GRPOSettings(StageSettings):
     """The ratio is clipped to [1 - epsilon_low, 1 + epsilon_high]."""
     num_iterations: int = 1
     """Optimiser steps on each batch of rollouts (1: plain REINFORCE with a group baseline)."""
+    val_samples: int = 1
+    """Answers per validation question sampled at `temperature` and `top_p` for `val/pass@1`
+    (answer and both exploration; 0: greedy validation only)."""
     beta: float = 0.0
     """Weight of the KL to the starting reasoner (0: no reference pass)."""
     format_reward: float = 0.0
@@ -168,6 +179,7 @@ class GRPOSettings(StageSettings):
             ("epsilon_high", self.epsilon_high >= 0, "must be >= 0"),
             ("num_iterations", self.num_iterations >= 1, "must be at least 1"),
             ("beta", self.beta >= 0, "must be >= 0"),
+            ("val_samples", self.val_samples >= 0, "must be >= 0 (0 = greedy validation only)"),
             ("log_samples_every_n_steps", self.log_samples_every_n_steps >= 0,
              "must be >= 0 (0 = never)"),
             ("temperature", self.temperature > 0 or not self.samples_answers,

@@ -112,11 +112,11 @@ class SteeredDecoder(Decoder):
         self.probe_tokens = [0] * batch_size
         self.extra = [0] * batch_size
 
-    def _step(self, i: int, sampled: int, logp: float) -> int:
+    def _step(self, i: int, sampled: int, logp: float, drawn_logp: float) -> int:
         """`Decoder._step`, noting where segments end: on a token the model chose itself, while
         decoding goes on unforced, up to M segments (`rollouts.sample_rollouts` cuts the same)."""
         was_forced = bool(self.queue[i]) or self.forced[i]
-        token = super()._step(i, sampled, logp)
+        token = super()._step(i, sampled, logp, drawn_logp)
         if self.queue[i] and not self.forced[i]:
             self.forced[i] = self.ended[i] = True
         if self.done[i] or was_forced or self.forced[i]:

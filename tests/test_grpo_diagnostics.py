@@ -1,0 +1,149 @@
+"""GRPO's diagnostics (issue 33): the log-probs the loss scores equal those the answers were
+drawn with; the gradient's sign raises the probability of a rewarded answer; validation
+reports greedy accuracy and sampled pass@1 side by side."""
+
+from __future__ import annotations
+
+import csv
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SUBPROCESS_TIMEOUT_S
+from test_grpo import ROOT, answer_module, backbone, prompts, rollout  # noqa: F401 (fixture)
+
+from lrt.backbone import Backbone
+from lrt.data.records import Record
+from lrt.reasoner import build_reasoner
+from lrt.training import grpo
+from lrt.training.optim import OptimConfig
+
+LR = 1e-3
+
+
+def test_loss_scores_the_answers_with_the_log_probs_they_were_drawn_with(
+    backbone: Backbone,  # noqa: F811
+) -> None:
+    """At the first iteration the ratio is exactly the sampling policy's: `logratio_max`
+    (max |log-prob the loss takes for the sampler's - log-prob the token was drawn with|) is
+    rounding, at a temperature other than 1; scored at the wrong temperature it is not."""
+    module = answer_module(backbone, temperature=0.7)
+    ro = rollout(module)
+    assert ro.drawn_answer_logp is not None
+    _, stats = module.loss(ro)
+    assert stats["logratio_max"] < 1e-4
+    module.answer_policy.temperature = 1.0  # a loss that forgot the sampling temperature
+    _, stats = module.loss(rollout(module))
+    assert stats["logratio_max"] > 1e-2
+
+
+QUESTIONS = [Record(str(i), f"What is {i} plus {i + 3}?", str(2 * i + 3)) for i in range(16)]
+
+
+def target_probability(module: grpo.GRPOModule, token: int) -> float:
+    """Mean over the 16 questions of p(first answer token = `token` | question, Z)."""
+    lm = module.lm
+    texts = [
+        lm.tokenizer.apply_chat_template(
+            [{"role": "user", "content": r.question}], tokenize=False, add_generation_prompt=True
+        )
+        for r in QUESTIONS
+    ]
+    with torch.no_grad():
+        prefix = lm.encode(*lm.tokenize_prompts(texts))
+        ids = torch.full((len(QUESTIONS), 1), token)
+        logp = lm.answer_logprobs(prefix, lm.reason(prefix), ids, torch.ones_like(ids))
+    return float(logp.exp().mean())
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_rewarding_one_answer_raises_its_probability_at_every_step(
+    backbone: Backbone,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    sign: int,
+) -> None:
+    """On 16 fixed questions, reward one fixed one-token answer (the one sampled most at the
+    start): its probability must rise at every optimiser step; rewarding every other answer
+    instead must lower it at every step. Runs the module's own rollout, loss and optimiser."""
+    module = answer_module(
+        backbone, max_answer_tokens=1, num_generations=64, optim=OptimConfig(lr=LR)
+    )
+    lm = module.lm
+    inputs = lm.tokenize_prompts(
+        [
+            lm.tokenizer.apply_chat_template(
+                [{"role": "user", "content": r.question}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            for r in QUESTIONS
+        ]
+    )
+    # The likeliest token whose text is one printable character (and so names it alone).
+    printable = {lm.tokenizer.convert_tokens_to_ids(c): c for c in string.ascii_letters}
+    token = max(printable, key=lambda t: target_probability(module, t))
+    target = printable[token]
+    monkeypatch.setattr(grpo, "grade", lambda task, text, record: (text == target) == (sign > 0))
+    optimizer = module.configure_optimizers()["optimizer"]
+    probabilities = [target_probability(module, token)]
+    for step in range(5):
+        ro = module.rollout(*inputs, QUESTIONS, step=step)
+        assert step > 0 or not ro.zero_std.all(), "no group both drew and missed the target"
+        loss, _ = module.loss(ro)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        probabilities.append(target_probability(module, token))
+    steps = torch.tensor(probabilities).diff()
+    assert ((sign * steps) > 0).all(), probabilities
+
+
+@pytest.mark.slow
+def test_grpo_validates_greedy_and_sampled_on_its_own_number_of_questions(
+    tmp_path: Path,
+) -> None:
+    """A GRPO run logs `val/accuracy` (greedy: the final table's number, which picks
+    `reasoner/best`) and `val/pass@1` (sampled as the rollouts are), on `stage.val_limit`
+    questions rather than `data.val.limit`, and the step-0 check `train/logratio_max`."""
+    reasoner = build_reasoner(
+        {"num_latents": 4, "width": 32, "depth": 1, "heads": 4}, "tiny-random-qwen3", 64, 0.02
+    )
+    reasoner.save_pretrained(tmp_path / "init")
+    run_dir = tmp_path / "run"
+    overrides = [
+        "model=tiny_random",
+        "stage=grpo",
+        f"init_from={tmp_path / 'init'}",
+        f"hydra.run.dir={run_dir}",
+        "stage.max_steps=2",
+        "stage.batch_size=2",
+        "stage.num_generations=2",
+        "stage.max_answer_tokens=3",
+        "stage.val_every_n_steps=2",
+        "stage.val_limit=3",
+        "stage.val_samples=2",
+        "data.train.limit=8",
+        "data.val.limit=2",
+        "data.max_answer_tokens=3",
+        "final_eval.enabled=false",
+        "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1",
+    ]
+    result = subprocess.run(
+        [sys.executable, "train.py", *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (run_dir / "train.log").read_text()
+    assert "8 train and 3 validation records" in log
+    assert "validation pass@1" in log and "(6 samples at temperature 0.7)" in log
+    rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
+    assert any(r.get("val/accuracy") for r in rows) and any(r.get("val/pass@1") for r in rows)
+    gaps = [float(r["train/logratio_max"]) for r in rows if r.get("train/logratio_max")]
+    assert gaps and max(gaps) < 1e-3
