@@ -41,6 +41,7 @@ from lrt.evaluation.discovery import (
 )
 from lrt.evaluation.jobs import EvalTask, run_jobs
 from lrt.evaluation.methods import METHODS, loader
+from lrt.evaluation.pairs import check_pairs, load_predictions, paired_rows, paired_table
 from lrt.evaluation.tabulate import tabulate
 from lrt.latent_lm import LatentLM
 from lrt.loggers import build_loggers
@@ -267,6 +268,8 @@ def evaluate(cfg: DictConfig) -> Path:
         found = loader(key)(sources, base) if sources and method_labels else []
         jobs += [(c, m) for c in found for m in method_labels]
     refuse_seen([c for c, _ in jobs], {t.name: t.records for t in tasks})
+    pairs = [list(p) for p in cfg.get("paired") or []]
+    check_pairs([c.label for c, _ in jobs], pairs)
 
     pk = cfg.pass_at_k
     sampling = int(pk.n) > 0
@@ -308,6 +311,13 @@ def evaluate(cfg: DictConfig) -> Path:
         print_table(f"sweep over {', '.join(keys) or 'runs'}", sweep, path=out_dir / "sweep.md")
         images["sweep"] = sweep_plot(sweep, keys, out_dir / "sweep.png")
         result["sweep"] = {"keys": keys, "rows": sweep}
+    if pairs:
+        result["paired"] = paired_rows(
+            load_predictions(out_dir / "predictions.jsonl"), pairs, int(cfg.seed)
+        )
+        print_table(
+            "paired differences (a - b)", paired_table(result["paired"]), out_dir / "paired.md"
+        )
     (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     _log_to_loggers(cfg, out_dir, config, rows, table, images)
     log.info("results in %s", out_dir)
