@@ -146,6 +146,8 @@ def validate_train(cfg: DictConfig | dict[str, Any]) -> TrainConfig:
     check_trainer(trainer)
     for key in ("ckpt_path", "init_from"):
         check_path(key, raw.get(key))
+    if "max_answer_tokens" in stage and stage["max_answer_tokens"] is None:
+        stage = {**stage, "max_answer_tokens": data.max_answer_tokens}  # one budget per run
     return TrainConfig(
         model=typed(BackboneConfig, raw.get("model"), "model"),
         reasoner=typed(ReasonerConfig, raw.get("reasoner"), "reasoner"),

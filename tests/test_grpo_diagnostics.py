@@ -16,6 +16,7 @@ from conftest import SUBPROCESS_TIMEOUT_S
 from test_grpo import ROOT, answer_module, backbone, prompts, rollout  # noqa: F401 (fixture)
 
 from lrt.backbone import Backbone
+from lrt.config import validate_train
 from lrt.data.records import Record
 from lrt.reasoner import build_reasoner
 from lrt.training import grpo
@@ -147,3 +148,15 @@ def test_grpo_validates_greedy_and_sampled_on_its_own_number_of_questions(
     assert any(r.get("val/accuracy") for r in rows) and any(r.get("val/pass@1") for r in rows)
     gaps = [float(r["train/logratio_max"]) for r in rows if r.get("train/logratio_max")]
     assert gaps and max(gaps) < 1e-3
+
+
+def test_rollouts_answer_at_the_budget_they_are_scored_at(compose_train) -> None:
+    """The shipped GRPO decodes its rollouts at `data.max_answer_tokens`, the budget of
+    validation and of the final table (the old 8 truncated every arith solution to reward 0);
+    an explicit `stage.max_answer_tokens` still wins."""
+    config = validate_train(compose_train("stage=grpo"))
+    assert config.stage.max_answer_tokens == config.data.max_answer_tokens == 32
+    config = validate_train(compose_train("stage=grpo", "data.max_answer_tokens=20"))
+    assert config.stage.max_answer_tokens == 20
+    config = validate_train(compose_train("stage=grpo", "stage.max_answer_tokens=12"))
+    assert config.stage.max_answer_tokens == 12

@@ -108,6 +108,11 @@ class GRPOModule(StageModule):
         return self
 
     @property
+    def rollout_tokens(self) -> int:
+        """The rollouts' answer budget: `stage.max_answer_tokens`, else validation's."""
+        return self.settings.max_answer_tokens or self.answer_tokens
+
+    @property
     def pass_rates(self) -> PassRates | None:
         """Difficulty-aware selection's state (built on first use: it needs the training set's
         size; a resumed run's saved state is loaded into it then)."""
@@ -203,7 +208,7 @@ class GRPOModule(StageModule):
             prefix.fork(g),
             "lrt",
             latents=z.to(self.lm.base.dtype),
-            max_answer_tokens=s.max_answer_tokens,
+            max_answer_tokens=self.rollout_tokens,
             temperature=s.temperature,
             top_p=s.top_p,
             noise=answers.noise(step, slots) if answers is not None else None,
@@ -327,7 +332,7 @@ class GRPOModule(StageModule):
         """This rollout's share of the loss's denominator (see `grpo_loss.loss_units`)."""
         s = self.settings
         max_tokens = (self.reasoner.num_latents if s.samples_latents else 0) + (
-            s.max_answer_tokens if s.samples_answers else 0
+            self.rollout_tokens if s.samples_answers else 0
         )
         return loss_units(s.loss_type, rollout.mask, max_tokens)
 

@@ -130,7 +130,9 @@ class GRPOSettings(StageSettings):
     temperature: float = 0.0
     """Answer decoding: 0 is greedy; must be > 0 for `answer` and `both`."""
     top_p: float = 1.0
-    max_answer_tokens: int = 8
+    max_answer_tokens: int | None = None
+    """The rollouts' answer budget (null: `data.max_answer_tokens`, the budget validation and
+    the final table decode at, so the answers rewarded are the answers scored)."""
     sigma_scale: float = 0.3
     """sigma as a ratio of the base's mean token-embedding RMS (`latent`, `both`)."""
     learn_sigma: bool = False
@@ -173,7 +175,8 @@ class GRPOSettings(StageSettings):
             ("num_generations", self.num_generations >= 2, "must be at least 2"),
             ("temperature", self.temperature >= 0, "must be >= 0 (0 = greedy)"),
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
-            ("max_answer_tokens", self.max_answer_tokens >= 1, "must be positive"),
+            ("max_answer_tokens", self.max_answer_tokens is None or self.max_answer_tokens >= 1,
+             "must be positive or null (data.max_answer_tokens)"),
             ("sigma_scale", self.sigma_scale > 0, "must be positive"),
             ("epsilon_low", 0 <= self.epsilon_low < 1, "must be in [0, 1)"),
             ("epsilon_high", self.epsilon_high >= 0, "must be >= 0"),
