@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SUBPROCESS_TIMEOUT_S
-from test_grpo import ROOT, answer_module, backbone, prompts, rollout  # noqa: F401 (fixture)
+from test_grpo import ROOT, G, answer_module, backbone, prompts, rollout  # noqa: F401
 
 from lrt.backbone import Backbone
 from lrt.config import validate_train
 from lrt.data.records import Record
 from lrt.reasoner import build_reasoner
 from lrt.training import grpo
+from lrt.training.grpo_loss import group_advantages, zero_std_groups
 from lrt.training.optim import OptimConfig
 
 LR = 1e-3
@@ -160,3 +161,29 @@ def test_rollouts_answer_at_the_budget_they_are_scored_at(compose_train) -> None
     assert config.stage.max_answer_tokens == 20
     config = validate_train(compose_train("stage=grpo", "stage.max_answer_tokens=12"))
     assert config.stage.max_answer_tokens == 12
+
+
+def test_groups_with_equal_rewards_are_skipped_without_changing_the_gradient(
+    backbone: Backbone,  # noqa: F811
+) -> None:
+    """Without a KL term a group with equal rewards adds nothing to the loss: the step's
+    passes through the base skip it, and the loss and gradient are those of the whole batch."""
+    module = answer_module(backbone)
+    ro = rollout(module)
+    rewards = torch.tensor([1.0, 0, 0, 1] + [1.0] * G)
+    ro.advantages = group_advantages(rewards, G)
+    ro.zero_std = zero_std_groups(rewards, G)
+
+    def gradient(r) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        module.reasoner.zero_grad()
+        total, _ = module.loss_sum(r)
+        total.backward()
+        return total.detach(), [p.grad.clone() for p in module.reasoner.parameters()]
+
+    whole, whole_grads = gradient(ro)
+    narrowed = ro.keep_groups(~ro.zero_std, G)
+    assert narrowed.answer_ids.shape[0] == G  # one group's samples go through the base
+    part, part_grads = gradient(narrowed)
+    torch.testing.assert_close(part, whole)
+    for a, b in zip(part_grads, whole_grads, strict=True):
+        torch.testing.assert_close(a, b)

@@ -369,6 +369,13 @@ class GRPOModule(StageModule):
                 for c in self._chunks(batch)
             ]
         units = self.all_sum(sum(float(self.loss_units(r)) for r in rollouts))
+        g = s.num_generations
+        trained = rollouts
+        if s.beta == 0:
+            # A group with equal rewards has zero advantage: without a KL term its samples add
+            # exactly nothing to the loss or its gradient, so the passes through the base skip
+            # them (the denominator above still counts them, as TRL's loss does).
+            trained = [r.keep_groups(~r.zero_std & r.real[::g].cpu(), g) for r in rollouts]
         totals: dict[str, float] = {}
 
         def loss_sum(rollout: Rollout) -> torch.Tensor:
@@ -377,16 +384,15 @@ class GRPOModule(StageModule):
                 if key.endswith("_max"):  # the largest over chunks and iterations
                     totals[key] = max(totals.get(key, 0.0), float(value))
                     continue
-                share = float(value) / (s.num_iterations * len(rollouts))
+                share = float(value) / (s.num_iterations * len(trained))
                 totals[key] = totals.get(key, 0.0) + share
             return total
 
         for _ in range(s.num_iterations):
-            step_loss = self.optimizer_step_on(rollouts, loss_sum, units)
+            step_loss = self.optimizer_step_on(trained, loss_sum, units)
             self._project_sigma()
             totals["loss"] = totals.get("loss", 0.0) + float(step_loss) / s.num_iterations
         real = torch.cat([r.real for r in rollouts]).cpu()
-        g = s.num_generations
         rewards = torch.cat([r.rewards for r in rollouts])[real]
         lengths = torch.tensor([n for r in rollouts for n in r.generation.num_generated])
         metrics = {

@@ -27,22 +27,6 @@ if TYPE_CHECKING:
     from lrt.training.grpo import GRPOModule
 
 
-def _keep_only(rollout: Rollout, keep: torch.Tensor, group_size: int) -> Rollout:
-    """The rollout narrowed to the groups kept ([B] bool), so the loss passes cost only what
-    the step trains on. A chunk with none kept keeps its first group, masked out (no advantage,
-    no loss tokens, not counted): every rank still runs the same passes, which DDP and FSDP
-    need."""
-    if bool(keep.all()):
-        return rollout
-    if bool(keep.any()):
-        return rollout.select_groups(keep.nonzero().flatten(), group_size)
-    placeholder = rollout.select_groups(torch.zeros(1, dtype=torch.long), group_size)
-    placeholder.real = torch.zeros_like(placeholder.real)
-    placeholder.advantages = torch.zeros_like(placeholder.advantages)
-    placeholder.mask = torch.zeros_like(placeholder.mask)
-    return placeholder
-
-
 def pool_rollouts(module: GRPOModule, step: int) -> tuple[list[Rollout], dict[str, float]]:
     """The step's rollouts (chunks of rounds, masked to the kept groups) and what it cost:
     candidates rolled out, informative share, rounds used, groups kept."""
@@ -99,7 +83,7 @@ def pool_rollouts(module: GRPOModule, step: int) -> tuple[list[Rollout], dict[st
             elif informative and len(kept) < s.batch_size:
                 kept.add(slot)
         chunks = [
-            (part, _keep_only(r, torch.tensor([slot in kept for slot, _ in part]), g))
+            (part, r.keep_groups(torch.tensor([slot in kept for slot, _ in part]), g))
             for part, r in chunks
         ]
         if any(slot in kept for slot, *_ in seen):

@@ -74,3 +74,18 @@ class Rollout:
                 value = value[rows.to(value.device)]
             picked[field.name] = value
         return Rollout(**picked)
+
+    def keep_groups(self, keep: torch.Tensor, group_size: int) -> Rollout:
+        """The rollout narrowed to the groups kept ([B] bool), so the loss passes cost only
+        what the step trains on. A chunk with none kept keeps its first group, masked out (no
+        advantage, no loss tokens, not counted): every rank still runs the same passes, which
+        DDP and FSDP need."""
+        if bool(keep.all()):
+            return self
+        if bool(keep.any()):
+            return self.select_groups(keep.nonzero().flatten(), group_size)
+        placeholder = self.select_groups(torch.zeros(1, dtype=torch.long), group_size)
+        placeholder.real = torch.zeros_like(placeholder.real)
+        placeholder.advantages = torch.zeros_like(placeholder.advantages)
+        placeholder.mask = torch.zeros_like(placeholder.mask)
+        return placeholder
