@@ -20,10 +20,8 @@ per question and decode all B*G answers in one batched call on the prompt cache 
 times, grade them, and take `num_iterations` clipped-ratio optimiser steps on the same
 rollouts. `micro_batch_size` splits the B questions into chunks that are rolled out and
 back-propagated one at a time, accumulating gradients into one optimiser step (the loss is the
-mean of the chunks' losses, as TRL's gradient accumulation has it).
-
-The two sources of randomness are the policies of `lrt/training/policies.py`; this module
-rolls out, rewards, and steps.
+mean of the chunks' losses, as TRL's gradient accumulation has it). The two sources of
+randomness are the policies of `lrt/training/policies.py`.
 
 Step counting: `stage.max_steps` counts optimiser steps, which is what Lightning's
 `global_step` counts under manual optimisation and what TRL's `max_steps` means; a run therefore
@@ -57,14 +55,14 @@ from lrt.training.grpo_loss import (
 from lrt.training.policies import AnswerTokenPolicy, LatentGaussianPolicy, Terms
 from lrt.training.pool import pool_rollouts
 from lrt.training.rollout import Rollout
-from lrt.training.sampled_validation import sampled_counts
+from lrt.training.sampled_validation import SampledValidation
 from lrt.training.samples import log_samples
 from lrt.training.settings import GRPOSettings
 
 log = logging.getLogger(__name__)
 
 
-class GRPOModule(StageModule):
+class GRPOModule(SampledValidation, StageModule):
     """Trains the reasoner's means (and optionally sigma) with group-relative policy gradients."""
 
     stage_name = "grpo"
@@ -84,8 +82,6 @@ class GRPOModule(StageModule):
         g = settings.num_generations
         self._pass_rates: PassRates | None = None
         self._pass_rate_state: dict[str, torch.Tensor] | None = None
-        self._val_sampled = torch.zeros(2, dtype=torch.float64)
-        """Correct sampled validation answers and samples of this rank."""
         self.latent_policy = (
             LatentGaussianPolicy(self.sigma, self.sigma_init, seed, g, settings.latent_logprob)
             if settings.samples_latents
@@ -151,33 +147,6 @@ class GRPOModule(StageModule):
         """mu [B, K, d] in float32, rounded to the base's dtype exactly as decoding sees it."""
         return reasoner(prefix.hidden, prefix.reasoner_mask).to(self.lm.base.dtype).float()
 
-    # --- validation: greedy (the base class) and sampled -----------------------------------
-
-    def on_validation_epoch_start(self) -> None:
-        super().on_validation_epoch_start()
-        self._val_sampled = torch.zeros(2, dtype=torch.float64)
-
-    def validate_sampled(
-        self, batch: dict[str, torch.Tensor], prefix: Prefix, latents: torch.Tensor
-    ) -> None:
-        """Sampled pass@1 beside the greedy accuracy (`lrt/training/sampled_validation.py`)."""
-        if self.settings.val_samples and self.settings.samples_answers:
-            self._val_sampled += sampled_counts(self, batch, prefix, latents)
-
-    def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
-        correct, total = self.all_sum(self._val_sampled).tolist()
-        if total:
-            self.log("val/pass@1", correct / total, sync_dist=True)
-            if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-                log.info(
-                    "step %d: validation pass@1 %.1f%% (%d samples at temperature %g)",
-                    self.global_step,
-                    100 * correct / total,
-                    total,
-                    self.settings.temperature,
-                )
-
     # --- rollouts ----------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -228,11 +197,6 @@ class GRPOModule(StageModule):
             latents=z,
             noise=noise,
             old_latent_logp=old_latent_logp,
-            answer_ids=None,
-            answer_mask=None,
-            old_answer_logp=None,
-            ref_answer_logp=None,
-            drawn_answer_logp=None,
             rewards=rewards,
             correct=correct,
             advantages=group_advantages(rewards, g, s.scale_rewards).to(mu.device) * real,

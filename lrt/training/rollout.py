@@ -20,22 +20,6 @@ class Rollout:
     latents: torch.Tensor
     """Z the answers were decoded from, [B*G, K, d] float32, a question's G samples consecutive
     (the reasoner's means when the latents are not sampled)."""
-    noise: torch.Tensor | None
-    """eps with `Z = mu + sigma * eps`, [B*G, K, d] (None when the latents are not sampled)."""
-    old_latent_logp: torch.Tensor | None
-    """log N(Z; mu, sigma^2) per latent vector under the sampling policy, [B*G, K]."""
-    answer_ids: torch.Tensor | None
-    """The sampled answers' tokens (EOS included when reached), right-padded, [B*G, m]."""
-    answer_mask: torch.Tensor | None
-    old_answer_logp: torch.Tensor | None
-    """Per answer token log-prob under the sampling policy, [B*G, m]; None with one iteration,
-    where the current policy is the sampling one (TRL's shortcut: the ratio is 1)."""
-    ref_answer_logp: torch.Tensor | None
-    """Per answer token log-prob under the reference reasoner (for the k3 KL), or None."""
-    drawn_answer_logp: torch.Tensor | None
-    """Per answer token log-prob the decoder drew it with, [B*G, m]: what the loss's
-    recomputation of the sampling policy is checked against (`train/logratio_max`)."""
-    """Per answer token log-prob under the reference reasoner (for the k3 KL), or None."""
     rewards: torch.Tensor
     correct: torch.Tensor
     advantages: torch.Tensor
@@ -49,6 +33,22 @@ class Rollout:
     generation: Generation
     records: list[Record]
     """One per sample (each question's record repeated G times)."""
+    # Sampled latents or answers only:
+    noise: torch.Tensor | None = None
+    """eps with `Z = mu + sigma * eps`, [B*G, K, d] (None when the latents are not sampled)."""
+    old_latent_logp: torch.Tensor | None = None
+    """log N(Z; mu, sigma^2) per latent vector under the sampling policy, [B*G, K]."""
+    answer_ids: torch.Tensor | None = None
+    """The sampled answers' tokens (EOS included when reached), right-padded, [B*G, m]."""
+    answer_mask: torch.Tensor | None = None
+    old_answer_logp: torch.Tensor | None = None
+    """Per answer token log-prob under the sampling policy, [B*G, m]; None with one iteration,
+    where the current policy is the sampling one (TRL's shortcut: the ratio is 1)."""
+    ref_answer_logp: torch.Tensor | None = None
+    """Per answer token log-prob under the reference reasoner (for the k3 KL), or None."""
+    drawn_answer_logp: torch.Tensor | None = None
+    """Per answer token log-prob the decoder drew it with, [B*G, m]: what the loss's
+    recomputation of the sampling policy is checked against (`train/logratio_max`)."""
 
     def select_groups(self, questions: torch.Tensor, group_size: int) -> Rollout:
         """The rollout of the `questions` given (indices into its B) with their G samples each.

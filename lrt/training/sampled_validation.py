@@ -9,7 +9,8 @@ the same ones and its points differ by the reasoner only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,6 +22,40 @@ from lrt.training.policies import VAL_STREAM
 
 if TYPE_CHECKING:
     from lrt.training.grpo import GRPOModule
+
+log = logging.getLogger(__name__)
+
+
+class SampledValidation:
+    """GRPOModule's validation hooks: sampled pass@1 counted beside the base class's greedy
+    accuracy, on the same questions and from the same latents, logged as `val/pass@1`."""
+
+    _val_sampled: torch.Tensor
+    settings: Any
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()  # type: ignore[misc]
+        self._val_sampled = torch.zeros(2, dtype=torch.float64)
+
+    def validate_sampled(
+        self, batch: dict[str, torch.Tensor], prefix: Prefix, latents: torch.Tensor
+    ) -> None:
+        if self.settings.val_samples and self.settings.samples_answers:
+            self._val_sampled += sampled_counts(self, batch, prefix, latents)  # type: ignore[arg-type]
+
+    def on_validation_epoch_end(self: Any) -> None:
+        super().on_validation_epoch_end()  # type: ignore[misc]
+        correct, total = self.all_sum(self._val_sampled).tolist()
+        if total:
+            self.log("val/pass@1", correct / total, sync_dist=True)
+            if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+                log.info(
+                    "step %d: validation pass@1 %.1f%% (%d samples at temperature %g)",
+                    self.global_step,
+                    100 * correct / total,
+                    total,
+                    self.settings.temperature,
+                )
 
 
 def sampled_counts(
