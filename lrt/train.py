@@ -266,6 +266,8 @@ def train_reasoner(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Pat
     )
     if resume:
         log.info("resuming from %s", resume)
+    elif config.stage.val_at_start:
+        trainer.validate(module, datamodule=data, verbose=False)
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
     except SIGTERMException:

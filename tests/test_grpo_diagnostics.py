@@ -109,7 +109,8 @@ def test_grpo_validates_greedy_and_sampled_on_its_own_number_of_questions(
 ) -> None:
     """A GRPO run logs `val/accuracy` (greedy: the final table's number, which picks
     `reasoner/best`) and `val/pass@1` (sampled as the rollouts are), on `stage.val_limit`
-    questions rather than `data.val.limit`, and the step-0 check `train/logratio_max`."""
+    questions rather than `data.val.limit`, before the first step too (`stage.val_at_start`),
+    and the step-0 check `train/logratio_max`."""
     reasoner = build_reasoner(
         {"num_latents": 4, "width": 32, "depth": 1, "heads": 4}, "tiny-random-qwen3", 64, 0.02
     )
@@ -147,6 +148,9 @@ def test_grpo_validates_greedy_and_sampled_on_its_own_number_of_questions(
     assert "validation pass@1" in log and "(6 samples at temperature 0.7)" in log
     rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
     assert any(r.get("val/accuracy") for r in rows) and any(r.get("val/pass@1") for r in rows)
+    # stage.val_at_start: the curves start at the reasoner GRPO was given, at step 0.
+    assert "step 0: validation accuracy" in log and "step 0: validation pass@1" in log
+    assert [r["step"] for r in rows if r.get("val/accuracy")] == ["0", "1"]
     gaps = [float(r["train/logratio_max"]) for r in rows if r.get("train/logratio_max")]
     assert gaps and max(gaps) < 1e-3
 

@@ -116,9 +116,11 @@ class GRPOModule(SampledValidation, StageModule):
             return None
         if self._pass_rates is None:
             n = len(self.trainer.datamodule.train_records)
-            self._pass_rates = PassRates(n, self.settings.difficulty)
-            if self._pass_rate_state is not None:
-                self._pass_rates.load_state_dict(self._pass_rate_state)
+            # Not as inference tensors (first use may be in val_at_start): steps update them.
+            with torch.inference_mode(False):
+                self._pass_rates = PassRates(n, self.settings.difficulty)
+                if self._pass_rate_state is not None:
+                    self._pass_rates.load_state_dict(self._pass_rate_state)
         return self._pass_rates
 
     def trainable_parameters(self) -> list[nn.Parameter]:

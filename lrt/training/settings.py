@@ -45,6 +45,9 @@ class StageSettings:
     so that a stage that chooses its best checkpoint among close ones can validate on more
     questions than another (GRPO: 200, where 64 questions give +-12 points)."""
     checkpoint_every_n_steps: int = 50
+    val_at_start: bool = False
+    """Validate once before the first step (not on resume): the curves start at the reasoner
+    the stage was given, and `reasoner/best` is that reasoner unless a step beats it."""
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "batch_size"):
