@@ -37,7 +37,7 @@ from lrt.latent_lm import LatentLM
 from lrt.loggers import build_loggers
 from lrt.modes import DecodeConfig, parse_mode, with_swap_control
 from lrt.plots import grpo_curves, train_curves
-from lrt.reasoner import Reasoner, build_reasoner, load_reasoner
+from lrt.reasoner import Reasoner, ReasonerConfig, build_reasoner, load_reasoner
 from lrt.report import by_steps_rows, held_out_rows, print_table
 from lrt.stages import get_stage
 from lrt.training.base import StageModule
@@ -159,9 +159,10 @@ def prompt_budget(config: TrainConfig, lm: LatentLM) -> int | None:
     return context - span - answer
 
 
-def run_summary(config: TrainConfig, run_dir: Path) -> str:
-    """The run in one line: stage, task and target, base, network, steps and batch, folder."""
-    stage, data, reasoner = config.stage, config.data, config.reasoner
+def run_summary(config: TrainConfig, reasoner: ReasonerConfig, run_dir: Path) -> str:
+    """The run in one line: stage, task and target, base, network (the one loaded: with
+    `init_from`, the saved one's, not `config.reasoner`'s), steps and batch, folder."""
+    stage, data = config.stage, config.data
     start = f" from {config.init_from}" if config.init_from else ""
     return (
         f"{stage.name}{start} on {data.task} (target: {data.prompt.target}), base "
@@ -210,7 +211,7 @@ def train_reasoner(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Pat
     L.seed_everything(config.seed, workers=True, verbose=False)
     backbone = load_backbone(config.model)
     lm = LatentLM(backbone, starting_reasoner(config, backbone))
-    log.info("%s", run_summary(config, run_dir))
+    log.info("%s", run_summary(config, lm.reasoner.config, run_dir))
     log.info("%s", model_summary(backbone.model, lm.reasoner, backbone.name))
     data_settings = config.data
     if config.stage.val_limit is not None:

@@ -162,3 +162,19 @@ def test_summaries_split_accuracy_by_steps_and_pair_lrt_with_its_swap(
     assert set(rows[0]["accuracy_by_steps"]) == steps
     assert sum(v["samples"] for v in rows[0]["accuracy_by_steps"].values()) == 6
     assert rows[0]["vs_swap"]["questions"] == 6 and "vs_swap" not in rows[1]
+
+
+def test_the_run_summary_names_the_reasoner_a_run_loaded_not_the_config_default(
+    compose_train, tmp_path: Path
+) -> None:
+    """GRPO of the control (`init_from=<reasoner=prompt run>`) must not announce the default
+    `query` reasoner: the line names the loaded reasoner's architecture."""
+    from dataclasses import replace
+
+    from lrt.config import validate_train
+    from lrt.train import run_summary
+
+    config = validate_train(compose_train("stage=grpo", f"init_from={tmp_path}"))
+    loaded = replace(config.reasoner, arch="prompt", num_latents=8)
+    line = run_summary(config, loaded, Path("/runs/x"))
+    assert "reasoner prompt K=8" in line and "reasoner query" not in line
