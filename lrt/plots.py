@@ -136,12 +136,29 @@ def metric_series(rows: Sequence[Row], key: str, value: Any = float) -> Series:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def _curves(panels: Sequence[tuple[str, Series]], path: Path) -> Path:
-    """One panel per (title, series), side by side, against training steps."""
+def validation_series(rows: Sequence[Row], key: str) -> Series:
+    """(optimiser steps taken, values) of a validation metric; runs logged before
+    `val/steps_taken` existed fall back to the logging step."""
+    points = [
+        (float(r.get("val/steps_taken") or r["step"]), float(r[key]))
+        for r in rows
+        if r.get(key) not in (None, "")
+    ]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _curves(panels: Sequence[tuple[str, Series | dict[str, Series]]], path: Path) -> Path:
+    """One panel per (title, series), side by side, against training steps; a panel given
+    {label: series} draws each with a legend."""
     fig = Figure(figsize=(4 * len(panels), 3.4))
-    for i, (title, (steps, values)) in enumerate(panels):
+    for i, (title, series) in enumerate(panels):
         ax: Axes = fig.add_subplot(1, len(panels), i + 1)
-        ax.plot(steps, values, marker="o" if len(steps) < 30 else None, lw=1.2)
+        lines = series if isinstance(series, dict) else {"": series}
+        for label, (steps, values) in lines.items():
+            marker = "o" if len(steps) < 30 else None
+            ax.plot(steps, values, marker=marker, lw=1.2, label=label or None)
+        if len(lines) > 1:
+            ax.legend(fontsize=8)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -159,7 +176,7 @@ def train_curves(rows: Sequence[Row], path: Path) -> Path | None:
     panels = [
         ("training loss", loss),
         ("learning rate", metric_series(rows, "train/lr")),
-        ("validation accuracy", metric_series(rows, "val/accuracy")),
+        ("validation accuracy", validation_series(rows, "val/accuracy")),
         ("latent spread across questions", metric_series(rows, "train/latent_spread")),
     ]
     return _curves(panels, path)
@@ -167,7 +184,8 @@ def train_curves(rows: Sequence[Row], path: Path) -> Path | None:
 
 def grpo_curves(rows: Sequence[Row], path: Path) -> Path:
     """GRPO's training signal against steps: mean reward, the share of informative groups
-    (rewards not all equal: the only groups with a gradient) and validation accuracy.
+    (rewards not all equal: the only groups with a gradient) and validation accuracy, greedy
+    (what the final table reports) beside sampled pass@1 (what the rollouts are rewarded for).
 
     `rows` are `metrics.csv` rows; the informative share is dynamic sampling's
     `train/pool/informative_share` when logged, else `1 - train/frac_zero_std`.
@@ -181,6 +199,12 @@ def grpo_curves(rows: Sequence[Row], path: Path) -> Path:
     panels = [
         ("mean reward", metric_series(rows, "train/reward_mean")),
         ("informative groups" + (" (of candidates)" if pool else ""), informative),
-        ("validation accuracy", metric_series(rows, "val/accuracy")),
+        (
+            "validation accuracy",
+            {
+                "greedy": validation_series(rows, "val/accuracy"),
+                "sampled pass@1": validation_series(rows, "val/pass@1"),
+            },
+        ),
     ]
     return _curves(panels, path)

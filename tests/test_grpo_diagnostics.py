@@ -18,6 +18,7 @@ from test_grpo import ROOT, G, answer_module, backbone, prompts, rollout  # noqa
 from lrt.backbone import Backbone
 from lrt.config import validate_train
 from lrt.data.records import Record
+from lrt.plots import validation_series
 from lrt.reasoner import build_reasoner
 from lrt.training import grpo
 from lrt.training.grpo_loss import group_advantages, zero_std_groups
@@ -150,7 +151,9 @@ def test_grpo_validates_greedy_and_sampled_on_its_own_number_of_questions(
     assert any(r.get("val/accuracy") for r in rows) and any(r.get("val/pass@1") for r in rows)
     # stage.val_at_start: the curves start at the reasoner GRPO was given, at step 0.
     assert "step 0: validation accuracy" in log and "step 0: validation pass@1" in log
-    assert [r["step"] for r in rows if r.get("val/accuracy")] == ["0", "1"]
+    taken = [float(r["val/steps_taken"]) for r in rows if r.get("val/accuracy")]
+    assert taken == [0.0, 2.0]
+    assert validation_series(rows, "val/pass@1")[0] == [0.0, 2.0]  # where the curves put them
     gaps = [float(r["train/logratio_max"]) for r in rows if r.get("train/logratio_max")]
     assert gaps and max(gaps) < 1e-3
 

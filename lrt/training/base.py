@@ -213,6 +213,9 @@ class StageModule(L.LightningModule):
         correct, total = self.all_sum(self._val_counts).tolist()
         if total:
             self.log("val/accuracy", correct / total, prog_bar=True, sync_dist=True)
+            # The optimiser steps taken: Lightning's logging step is one less after a step and
+            # 0 before the first, so the curves place validations by this instead.
+            self.log("val/steps_taken", float(self.global_step))
             if self.trainer.is_global_zero and not self.trainer.sanity_checking:
                 log.info(
                     "step %d: validation accuracy %.1f%% (%d of %d questions)",
