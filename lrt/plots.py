@@ -130,21 +130,23 @@ def sweep_plot(rows: Sequence[Row], keys: Sequence[str], path: Path) -> Path:
 Series = tuple[list[float], list[float]]
 
 
-def metric_series(rows: Sequence[Row], key: str, value: Any = float) -> Series:
-    """(steps, values) of one column of `metrics.csv` rows, skipping rows without it."""
-    points = [(float(r["step"]), value(r[key])) for r in rows if r.get(key) not in (None, "")]
-    return [p[0] for p in points], [p[1] for p in points]
-
-
-def validation_series(rows: Sequence[Row], key: str) -> Series:
-    """(optimiser steps taken, values) of a validation metric; runs logged before
-    `val/steps_taken` existed fall back to the logging step."""
+def metric_series(
+    rows: Sequence[Row], key: str, value: Any = float, step_key: str = "step"
+) -> Series:
+    """(steps, values) of one column of `metrics.csv` rows, skipping rows without it; the
+    step is read from `step_key`, falling back to the logging step where a row has none."""
     points = [
-        (float(r.get("val/steps_taken") or r["step"]), float(r[key]))
+        (float(r.get(step_key) or r["step"]), value(r[key]))
         for r in rows
         if r.get(key) not in (None, "")
     ]
     return [p[0] for p in points], [p[1] for p in points]
+
+
+def validation_series(rows: Sequence[Row], key: str) -> Series:
+    """A validation metric against the optimiser steps taken (`val/steps_taken`); runs logged
+    before it existed fall back to the logging step."""
+    return metric_series(rows, key, step_key="val/steps_taken")
 
 
 def _curves(panels: Sequence[tuple[str, Series | dict[str, Series]]], path: Path) -> Path:

@@ -110,17 +110,15 @@ class GRPOModule(SampledValidation, StageModule):
 
     @property
     def pass_rates(self) -> PassRates | None:
-        """Difficulty-aware selection's state (built on first use: it needs the training set's
-        size; a resumed run's saved state is loaded into it then)."""
+        """Difficulty-aware selection's state, built (with a resumed run's saved state) by the
+        first step, never by a checkpoint: under val_at_start's inference mode it would freeze."""
         if not self.settings.difficulty.enabled:
             return None
         if self._pass_rates is None:
             n = len(self.trainer.datamodule.train_records)
-            # Not as inference tensors (first use may be in val_at_start): steps update them.
-            with torch.inference_mode(False):
-                self._pass_rates = PassRates(n, self.settings.difficulty)
-                if self._pass_rate_state is not None:
-                    self._pass_rates.load_state_dict(self._pass_rate_state)
+            self._pass_rates = PassRates(n, self.settings.difficulty)
+            if self._pass_rate_state is not None:
+                self._pass_rates.load_state_dict(self._pass_rate_state)
         return self._pass_rates
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -396,5 +394,7 @@ class GRPOModule(SampledValidation, StageModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        if self.pass_rates is not None:
-            checkpoint["grpo_pass_rates"] = self.pass_rates.state_dict()
+        rates = self._pass_rates
+        state = rates.state_dict() if rates is not None else self._pass_rate_state
+        if state is not None:
+            checkpoint["grpo_pass_rates"] = state
