@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
 from lrt.config import validate_train
+from lrt.data.loading import load_train_val
 from lrt.errors import ConfigError, DataError, NonFiniteLossError
 from lrt.reasoner import Reasoner, ReasonerConfig, load_reasoner
 
@@ -281,3 +283,25 @@ def test_a_stop_names_the_resume_command_only_when_resuming_helps(
     with pytest.raises(type(raised)) as caught:
         train_script.run(cfg)
     assert (getattr(caught.value, "run_dir", None) == tmp_path / "run") is resumable
+
+
+def test_a_copy_of_the_test_file_cannot_choose_checkpoints(compose_train, tmp_path: Path) -> None:
+    """Validation is compared with test by question text, not by file: a renamed copy of
+    GSM8K test, one question re-cased and re-wrapped, among training questions, is refused
+    (the file check above lets it through), and allowed only when asked for."""
+    data_dir = Path(compose_train().paths.data_dir)
+    test_rows = (data_dir / "gsm8k" / "test.jsonl").read_text().splitlines()[:3]
+    train_rows = (data_dir / "gsm8k" / "train.jsonl").read_text().splitlines()[:5]
+    edited = json.loads(test_rows[0])
+    edited["question"] = "  " + edited["question"].upper().replace(" ", "\n ", 3)
+    copy = tmp_path / "my_val.jsonl"
+    copy.write_text("\n".join([*train_rows, json.dumps(edited), *test_rows[1:]]) + "\n")
+    cfg = compose_train("data=gsm8k_local")
+    with open_dict(cfg):
+        cfg.data.val = {"split": "test", "path": str(copy)}
+    config = validate_train(cfg)  # a different file: the identity check passes
+    with pytest.raises(ConfigError, match=r"data.val \(.*my_val.jsonl\) holds 3 of the test"):
+        load_train_val(config.data)
+    config.data.allow_val_on_test = True
+    train, val = load_train_val(config.data)
+    assert len(val) == 8

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from lrt.data.overlap import shared_questions
 from lrt.data.prompt_limit import PromptLimit
 from lrt.data.prompts import PromptConfig, target_text
 from lrt.data.records import Record
@@ -38,6 +39,12 @@ def load_train_val(data: DataConfig) -> tuple[list[Record], list[Record]]:
     """The training and validation records; with `val.from_train`, validation is a seeded
     slice of the whole training split (whatever `train.limit` is) and training the rest."""
     data.require_training_splits()
+    train_records, val_records = _train_val(data)
+    check_val_is_not_test(data, val_records)
+    return train_records, val_records
+
+
+def _train_val(data: DataConfig) -> tuple[list[Record], list[Record]]:
     assert data.train is not None and data.val is not None
     task, train, val = data.task, data.train, data.val
     on_error, options = data.on_error, data.options
@@ -54,6 +61,25 @@ def load_train_val(data: DataConfig) -> tuple[list[Record], list[Record]]:
     held = set(order[: val.limit].tolist())
     kept = [r for i, r in enumerate(records) if i not in held]
     return kept[: train.limit], [records[i] for i in sorted(held)]
+
+
+def check_val_is_not_test(data: DataConfig, val: list[Record]) -> None:
+    """Refuse validation records whose question text is a test question (validation chooses
+    `reasoner/best`), whatever file or slice they came from; the whole test split is compared,
+    not only the `data.test.limit` questions a run reports on."""
+    if data.test is None or data.allow_val_on_test:
+        return
+    test = load_split(data.task, replace(data.test, limit=None), data.on_error, data.options)
+    shared = shared_questions(val, test)
+    if shared:
+        assert data.val is not None
+        where = data.val.path or ("a slice of train" if data.val.from_train else data.val.split)
+        raise ConfigError(
+            f"data.val ({where}) holds {len(shared)} of the test split's questions (compared "
+            f"as normalised text, e.g. {shared[0].question[:60]!r}), so checkpoints would be "
+            "chosen on test questions; validate on other questions (or set "
+            "data.allow_val_on_test=true)"
+        )
 
 
 def load_limited_split(
