@@ -172,6 +172,21 @@ def run_summary(config: TrainConfig, reasoner: ReasonerConfig, run_dir: Path) ->
     )
 
 
+def budget_note(config: TrainConfig) -> str | None:
+    """A line naming both answer budgets when the rollouts decode at another budget than
+    validation (which chooses `reasoner/best`) and the final table: the config then says so
+    explicitly (`stage.max_answer_tokens`), and the run should say it too."""
+    rollouts = getattr(config.stage, "max_answer_tokens", None)
+    scored = config.data.max_answer_tokens
+    if rollouts is None or rollouts == scored:
+        return None
+    return (
+        f"answer budgets differ: the rollouts decode up to {rollouts} answer tokens "
+        f"(stage.max_answer_tokens), validation, reasoner/best and the final table up to "
+        f"{scored} (data.max_answer_tokens)"
+    )
+
+
 def final_comparison(
     config: TrainConfig, module: StageModule, data: LRTDataModule, run_dir: Path, zero: bool
 ) -> list[dict]:
@@ -212,6 +227,8 @@ def train_reasoner(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Pat
     backbone = load_backbone(config.model)
     lm = LatentLM(backbone, starting_reasoner(config, backbone))
     log.info("%s", run_summary(config, lm.reasoner.config, run_dir))
+    if note := budget_note(config):
+        log.warning("%s", note)
     log.info("%s", model_summary(backbone.model, lm.reasoner, backbone.name))
     data_settings = config.data
     if config.stage.val_limit is not None:
