@@ -74,6 +74,9 @@ class BackboneConfig:
     """Text inside `nothink`'s empty thinking span: Ma et al.'s NoThinking prefill
     ("Okay, I think I have finished thinking.") for models with a thinking mode; null
     leaves the span empty (models without one, whose markers are plain text)."""
+    chat_template: str | None = None
+    """A Jinja chat-template file that replaces the tokenizer's own: a real model's template on
+    a tiny random model (the paper-config rehearsal), or a fix to a hub template."""
     random_config: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     attn_implementation: str = "sdpa"
@@ -97,6 +100,8 @@ class BackboneConfig:
             raise ConfigError(
                 f"model.attn_implementation={self.attn_implementation!r} is not one of {ATTENTION}"
             )
+        if self.chat_template is not None and not Path(self.chat_template).expanduser().is_file():
+            raise ConfigError(f"model.chat_template={self.chat_template} is not a file")
         if self.attn_implementation == "flash_attention_2" and not flash_attention_installed():
             raise ConfigError(
                 "model.attn_implementation='flash_attention_2' needs the flash-attn package "
@@ -166,6 +171,8 @@ def load_backbone(cfg: BackboneConfig) -> Backbone:
             attn_implementation=cfg.attn_implementation,
         )
         tokenizer = AutoTokenizer.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
+    if cfg.chat_template is not None:
+        tokenizer.chat_template = Path(cfg.chat_template).expanduser().read_text()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Backbone(model=freeze(model), tokenizer=tokenizer, config=cfg)
