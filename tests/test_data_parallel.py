@@ -220,6 +220,7 @@ def test_two_rank_sft_ends_with_the_single_process_weights(
         tmp_path, run_script, TINY, [f"trainer={strategy}", "stage.micro_batch_size=1"]
     )
     assert_same_weights(multi, single, start)
+    assert_same_metrics(multi, single)
     assert held_out(multi) == held_out(single)
     assert (multi / "reasoner" / "best" / "model.safetensors").is_file()
 
