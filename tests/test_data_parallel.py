@@ -8,6 +8,7 @@ validation and test sets that do not split evenly are all chosen on purpose.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,6 +23,7 @@ from lrt.data.samplers import ShardedEvalSampler, StepBatchSampler, shard
 from lrt.data.settings import DataConfig
 from lrt.reasoner import build_reasoner, load_reasoner
 from lrt.schema import typed
+from lrt.training.step_metrics import LossStats
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -41,6 +43,7 @@ TINY = [
     "data.test.limit=3",
     "data.max_answer_tokens=3",
     "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",  # a metrics row per step, compared between the runs
     # Attention key biases have a zero gradient in exact arithmetic; Adam with its default eps
     # of 1e-8 would turn their 1e-10 rounding noise, which differs with the batch's split,
     # into updates of 1e-5. A larger eps keeps the comparison about the sharding.
@@ -111,6 +114,19 @@ def test_validation_batches_have_their_own_width() -> None:
     assert widths() == [2] * 5
 
 
+def test_loss_statistics_weigh_chunks_by_their_tokens() -> None:
+    """A step's clip fraction is over every counted token of its chunks, so cutting a batch
+    differently (ranks, micro-batches, a rank's token-free placeholder under dynamic sampling)
+    leaves it unchanged; the mean of the chunks' own fractions would not (here 1/6)."""
+    stats = LossStats()
+    stats.add({"clip_frac": torch.tensor(0.5), "logratio_max": torch.tensor(1e-6)}, torch.tensor(4))
+    stats.add({"clip_frac": torch.tensor(0.0), "logratio_max": torch.tensor(0.0)}, torch.tensor(0))
+    stats.add({"clip_frac": torch.tensor(0.0), "logratio_max": torch.tensor(3e-6)}, torch.tensor(4))
+    total, tokens = stats.sums["clip_frac"]
+    assert (total, tokens) == (2.0, 8.0)
+    assert stats.maxima == {"logratio_max": pytest.approx(3e-6)}
+
+
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_reasoner(run_dir / "reasoner" / "final").state_dict()
 
@@ -163,6 +179,35 @@ def assert_same_weights(got_run: Path, want_run: Path, start: dict[str, torch.Te
         torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=0)
 
 
+def train_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """The training rows of the run's `metrics.csv` (the CSV logger's): every `train/*` value
+    but wall times, with the step."""
+    with (run_dir / "logs" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for row in rows:
+        values = {
+            k: float(v)
+            for k, v in row.items()
+            if k.startswith("train/") and not k.endswith("_s") and v != ""
+        }
+        if values:
+            out.append({"step": float(row["step"]), **values})
+    return out
+
+
+def assert_same_metrics(got_run: Path, want_run: Path) -> None:
+    """Both runs logged the same training metrics at every step (`log_every_n_steps=1`)."""
+    got, want = train_metrics(got_run), train_metrics(want_run)
+    assert len(want) == 3, want  # one row per step
+    assert [sorted(r) for r in got] == [sorted(r) for r in want]
+    for got_row, want_row in zip(got, want, strict=True):
+        for key, value in want_row.items():
+            assert got_row[key] == pytest.approx(value, rel=1e-4, abs=1e-5), (
+                f"{key} at step {want_row['step']:.0f}: {got_row[key]} on 2 ranks, {value} in one"
+            )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_rank_sft_ends_with_the_single_process_weights(
@@ -175,6 +220,7 @@ def test_two_rank_sft_ends_with_the_single_process_weights(
         tmp_path, run_script, TINY, [f"trainer={strategy}", "stage.micro_batch_size=1"]
     )
     assert_same_weights(multi, single, start)
+    assert_same_metrics(multi, single)
     assert held_out(multi) == held_out(single)
     assert (multi / "reasoner" / "best" / "model.safetensors").is_file()
 
@@ -214,6 +260,7 @@ def test_two_rank_grpo_ends_with_the_single_process_weights(
     ]
     single, multi, start = run_pair(tmp_path, run_script, grpo, ["trainer=ddp"])
     assert_same_weights(multi, single, start)
+    assert_same_metrics(multi, single)
 
 
 @pytest.mark.slow
@@ -230,3 +277,40 @@ def test_fsdp_run_resumes_exactly(tmp_path: Path, run_script) -> None:
     assert "resuming from" in result.stdout + result.stderr
     for key, value in weights(straight).items():
         torch.testing.assert_close(weights(resumed)[key], value, atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_rank_answer_grpo_matches_one_process(
+    tmp_path: Path, run_script, strategy: str
+) -> None:
+    """Answer-mode GRPO (sampled answers, gradients through the frozen base into the latents)
+    with dynamic sampling, on 2 gloo ranks under DDP and FSDP2: 3 steps end with the weights of
+    one process on the same global batch, and every logged train metric agrees row by row.
+
+    Each answer token's uniform is keyed by its question's slot in the global round and its
+    sample number, so the ranks sample what one process samples; the metrics are sums and
+    counts over every rank (rank 0 alone logged 0.577 for a reward std of 0.516, and NaN means
+    at a step where it kept no group). Measured: the weights end at most 2.5e-6 (DDP) and
+    2.3e-6 (FSDP2) from one process's, inside `assert_same_weights`' 1e-5.
+    """
+    grpo = [
+        *TINY,
+        "stage=grpo",
+        "stage.exploration=answer",
+        "stage.temperature=1.0",
+        "stage.batch_size=3",  # 2 + 1 questions per round, a padding row on rank 1
+        "stage.num_generations=3",
+        "stage.max_answer_tokens=4",
+        "stage.format_reward=1.0",  # rewards that vary within groups on a random model
+        "stage.optim.lr=1e-2",
+        "stage.val_at_start=false",
+        "data.train.limit=12",
+        "final_eval.enabled=false",
+        "stage.dynamic_sampling.enabled=true",
+        "stage.dynamic_sampling.round_size=3",
+        "stage.dynamic_sampling.max_rounds=2",
+    ]
+    single, multi, start = run_pair(tmp_path, run_script, grpo, [f"trainer={strategy}"])
+    assert_same_weights(multi, single, start)
+    assert_same_metrics(multi, single)

@@ -127,6 +127,13 @@ class StageModule(L.LightningModule):
             tensor = self.trainer.strategy.reduce(tensor.clone(), reduce_op="sum")
         return tensor
 
+    def all_max(self, value: torch.Tensor) -> torch.Tensor:
+        """`value`'s elementwise maximum over data-parallel ranks (itself in one process)."""
+        tensor = torch.as_tensor(value, dtype=torch.float64, device=self.lm.device)
+        if self.trainer.world_size > 1:
+            tensor = self.trainer.strategy.reduce(tensor.clone(), reduce_op="max")
+        return tensor
+
     def all_done(self, done: bool) -> bool:
         """Whether every rank is done decoding: under FSDP each forward is a collective, so a
         rank whose rows have all stopped keeps stepping until the others have too."""

@@ -58,6 +58,7 @@ from lrt.training.rollout import Rollout
 from lrt.training.sampled_validation import SampledValidation
 from lrt.training.samples import log_samples
 from lrt.training.settings import GRPOSettings
+from lrt.training.step_metrics import LossStats, step_metrics
 
 log = logging.getLogger(__name__)
 
@@ -340,34 +341,21 @@ class GRPOModule(SampledValidation, StageModule):
             # exactly nothing to the loss or its gradient, so the passes through the base skip
             # them (the denominator above still counts them, as TRL's loss does).
             trained = [r.keep_groups(~r.zero_std & r.real[::g].cpu(), g) for r in rollouts]
-        totals: dict[str, float] = {}
+        stats, loss = LossStats(), 0.0
 
         def loss_sum(rollout: Rollout) -> torch.Tensor:
-            total, stats = self.loss_sum(rollout)
-            for key, value in stats.items():
-                if key.endswith("_max"):  # the largest over chunks and iterations
-                    totals[key] = max(totals.get(key, 0.0), float(value))
-                    continue
-                share = float(value) / (s.num_iterations * len(trained))
-                totals[key] = totals.get(key, 0.0) + share
+            total, values = self.loss_sum(rollout)
+            stats.add(values, rollout.mask.sum())
             return total
 
         for _ in range(s.num_iterations):
-            step_loss = self.optimizer_step_on(trained, loss_sum, units)
+            loss += float(self.optimizer_step_on(trained, loss_sum, units)) / s.num_iterations
             self._project_sigma()
-            totals["loss"] = totals.get("loss", 0.0) + float(step_loss) / s.num_iterations
-        real = torch.cat([r.real for r in rollouts]).cpu()
-        rewards = torch.cat([r.rewards for r in rollouts])[real]
-        lengths = torch.tensor([n for r in rollouts for n in r.generation.num_generated])
         metrics = {
-            "reward_mean": rewards.mean(),
-            "reward_std": rewards.std(),
-            "accuracy": torch.cat([r.correct for r in rollouts])[real].float().mean(),
-            "frac_zero_std": torch.cat([r.zero_std for r in rollouts])[real[::g]].float().mean(),
-            "answer_length": lengths[real].float().mean(),
+            **step_metrics(self, rollouts, stats, g),
+            "loss": loss,
             "lr": self.lr_schedulers().get_last_lr()[0],
             "step_time_s": time.perf_counter() - started,
-            **totals,
             **pool,
         }
         if s.samples_latents:
