@@ -202,6 +202,8 @@ def test_budget_forcing_stops_exactly_at_the_budget(tiny_lm: LatentLM) -> None:
         assert len(answer) == max_answer, "an answer is still decoded after the budget"
         assert n == budget + len(answer), "forced tokens are not counted as generated"
         assert "The answer is" in text
+    assert gen.answer_start == [budget] * 3, "the answer starts at the forced close marker"
+    assert all(a.startswith("The answer is") for a in gen.answer_texts), "graded: the answer"
     assert gen.truncated == [True] * 3  # every answer used all max_answer tokens
 
 

@@ -35,6 +35,8 @@ class _Answer:
     """One decoded row before grading."""
 
     text: str
+    answer: str
+    """The part of `text` that is graded (`Generation.answer_texts`)."""
     tokens: int
     after_prompt: int
     """Positions after the prompt: thinking-span inputs plus every token fed back."""
@@ -50,9 +52,12 @@ def _answers(gen: Generation, span: int, route: str | None = None) -> list[_Answ
     probes = gen.probe_tokens or [0] * rows
     extra = gen.extra_positions or [0] * rows
     return [
-        _Answer(text, n, span + len(ids) + e, trunc, float(conf), route, gen.first_token_at, p)
-        for text, n, ids, trunc, conf, p, e in zip(
+        _Answer(
+            text, answer, n, span + len(ids) + e, trunc, float(conf), route, gen.first_token_at, p
+        )
+        for text, answer, n, ids, trunc, conf, p, e in zip(
             gen.texts,
+            gen.answer_texts,
             gen.num_generated,
             gen.token_ids,
             gen.truncated,
@@ -269,8 +274,8 @@ def answer_batches(
                         id=records[i].id,
                         mode=mode,
                         text=a.text,
-                        extracted=extract(task, a.text),
-                        correct=grade(task, a.text, records[i]),
+                        extracted=extract(task, a.answer),
+                        correct=grade(task, a.answer, records[i]),
                         tokens=a.tokens,
                         positions=int(n_prompt) + a.after_prompt,
                         after_prompt=a.after_prompt,

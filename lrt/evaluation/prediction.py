@@ -13,8 +13,12 @@ class Prediction:
     id: str
     mode: str
     text: str
+    """Everything decoded after the prompt's span, `cot`'s thinking included (to inspect)."""
     extracted: str | None
+    """The answer read from the text after the thinking span's close marker only
+    (`Generation.answer_texts`): a `\\boxed{}` left inside the thinking is not an answer."""
     correct: bool
+    """Graded on that same answer part: a `cot` row cut off while thinking is wrong."""
     tokens: int
     """Tokens the model generated itself for this answer (hybrid: lrt and cot together)."""
     positions: int
