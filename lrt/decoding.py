@@ -27,6 +27,7 @@ class Generation:
     token_ids: list[list[int]]
     """Every token after the prompt's thinking span (forced tokens of budget forcing included)."""
     texts: list[str]
+    """The whole continuation decoded: for `cot`, its thinking too (kept for inspection)."""
     num_generated: list[int]
     """Tokens the model produced itself (thinking + answer), the cost that modes are compared on."""
     mean_logprob: torch.Tensor
@@ -45,6 +46,20 @@ class Generation:
     divided by the temperature, before top-p; NaN for forced tokens); set when sampling. GRPO
     compares them with the log-probs its loss recomputes: at the first iteration the two
     must agree, or the policy gradient is taken for a policy that did not sample."""
+    answer_texts: list[str] | None = None
+    """What is graded: the text after the thinking span's close marker (the forced one and
+    `force_answer` included), without the marker; "" for a row that never left its span (EOS
+    or the end of decoding inside it), since an answer written only in the thinking was never
+    given. Left None by a caller whose rows have no thinking span: then the whole `texts`."""
+    answer_start: list[int] | None = None
+    """Per row, the index in `token_ids` where the answer begins: after the model's own close
+    marker, at the forced close marker, or `len(token_ids)` when the span never closed (0 for
+    rows without a span)."""
+
+    def __post_init__(self) -> None:
+        if self.answer_texts is None:
+            self.answer_texts = list(self.texts)
+            self.answer_start = [0] * len(self.texts)
 
     def select(self, rows: list[int]) -> Generation:
         """The continuations of `rows` only, in that order."""
@@ -56,6 +71,8 @@ class Generation:
             self,
             token_ids=pick(self.token_ids),
             texts=pick(self.texts),
+            answer_texts=pick(self.answer_texts),
+            answer_start=pick(self.answer_start),
             num_generated=pick(self.num_generated),
             mean_logprob=self.mean_logprob[rows],
             truncated=pick(self.truncated),
@@ -90,6 +107,8 @@ class Decoder:
         self.lm = lm
         self.b = batch_size
         self.thinking = [thinking] * batch_size
+        self.answer_start: list[int | None] = [None if thinking else 0] * batch_size
+        """Where each row's answer begins in `tokens`; None while it is still thinking."""
         self.budget = budget
         self.max_answer = max_answer_tokens
         close = lm.backbone.config.think_close
@@ -157,12 +176,24 @@ class Decoder:
             if not self.done[i]:
                 self.truncated[i] = True
         texts = lm.tokenizer.batch_decode(self.tokens, skip_special_tokens=True)
+        starts = [
+            len(ids) if start is None else start
+            for start, ids in zip(self.answer_start, self.tokens, strict=True)
+        ]
+        answers = lm.tokenizer.batch_decode(
+            [ids[start:] for start, ids in zip(starts, self.tokens, strict=True)],
+            skip_special_tokens=True,
+        )
+        # A forced answer starts at the forced close marker: what follows it is the answer.
+        answers = [text.lstrip().removeprefix(self.close_text).lstrip() for text in answers]
         # No answer token (EOS at once, or inside the thinking span): no confidence, not 0.0.
         n_ans = torch.tensor(self.n_answer, dtype=torch.float)
         n_ans = torch.where(n_ans > 0, n_ans, torch.nan)
         return Generation(
             token_ids=self.tokens,
             texts=texts,
+            answer_texts=answers,
+            answer_start=starts,
             num_generated=[t + a for t, a in zip(self.n_think, self.n_answer, strict=True)],
             mean_logprob=self.logp_sum / n_ans,
             truncated=self.truncated,
@@ -205,8 +236,10 @@ class Decoder:
             tail = self.lm.tokenizer.decode(self.tokens[i][-8:])
             if self.close_text and self.close_text in tail:
                 self.thinking[i] = False
+                self.answer_start[i] = len(self.tokens[i])
             elif self.n_think[i] >= self.budget:
                 self.thinking[i] = False
+                self.answer_start[i] = len(self.tokens[i])
                 self.queue[i] = list(self.forced_ids)
         else:
             self.n_answer[i] += 1

@@ -21,7 +21,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
-from lrt.backbone import Backbone
+from lrt.backbone import Backbone, backbone_config
 from lrt.data.prompts import PromptConfig, format_prompt
 from lrt.data.records import Record
 from lrt.data.tasks import load_task
@@ -202,6 +202,8 @@ def test_budget_forcing_stops_exactly_at_the_budget(tiny_lm: LatentLM) -> None:
         assert len(answer) == max_answer, "an answer is still decoded after the budget"
         assert n == budget + len(answer), "forced tokens are not counted as generated"
         assert "The answer is" in text
+    assert gen.answer_start == [budget] * 3, "the answer starts at the forced close marker"
+    assert all(a.startswith("The answer is") for a in gen.answer_texts), "graded: the answer"
     assert gen.truncated == [True] * 3  # every answer used all max_answer tokens
 
 
@@ -313,7 +315,9 @@ def test_paper_preset_is_the_papers_protocol() -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="evaluate", overrides=["preset=paper", "limit=2"])
     labels = validate_evaluate(cfg)
-    assert labels == ["nothink", "lrt", "lrt-swap", "cot@512", "cot@1024"]
+    # DESIGN.md section 5: both no-thinking baselines (`direct` is the best one on arith), the
+    # method with its swap control, and budget-forced cot at the paper's two budgets.
+    assert labels == ["direct", "nothink", "lrt", "lrt-swap", "cot@512", "cot@1024"]
     assert (cfg.pass_at_k.temperature, cfg.pass_at_k.top_p) == (0.6, 0.95)
     assert list(cfg.pass_at_k.k) == [1, 4] and cfg.pass_at_k.n >= 4
     tasks = {t.name: t for t in load_tasks(cfg)}
@@ -520,6 +524,65 @@ def test_baselines_get_the_default_system_line_and_nothink_its_prefill(
     assert [b - a for a, b in zip(prompt["lrt"], prompt["direct"], strict=True)] == [longer] * 2
     assert prompt["nothink"] == prompt["direct"]
     assert all(p.after_prompt >= empty + prefill for p in rows["nothink"])
+
+
+NOTHINKING_PREFILL = "Okay, I think I have finished thinking."
+"""Ma et al. (2025)'s NoThinking prefill, the paper's `nothink` baseline for thinking models."""
+THINKING_MODELS = [
+    "qwen3_1_7b",
+    "qwen3_4b",
+    "qwen3_8b",
+    "qwen3_1_7b_random",
+    "deepseek_r1_distill_qwen_1_5b",
+]
+
+
+def compose_model(model: str, *overrides: str) -> DictConfig:
+    """`conf/evaluate.yaml` with `model=<model>` (no model is loaded)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="evaluate", overrides=[f"model={model}", *overrides])
+
+
+@pytest.mark.parametrize("model", THINKING_MODELS)
+def test_thinking_models_run_nothink_with_the_nothinking_prefill(model: str) -> None:
+    """Models with a thinking mode prefill NoThinking's sentence inside the closed span, as the
+    paper's baseline does; `model.nothink_prefill=null` names the empty-span variant."""
+    assert backbone_config(compose_model(model).model).nothink_prefill == NOTHINKING_PREFILL
+    empty = compose_model(model, "model.nothink_prefill=null").model
+    assert backbone_config(empty).nothink_prefill is None
+
+
+@pytest.mark.parametrize(
+    ("template", "model"),
+    [("qwen3", "qwen3_1_7b"), ("deepseek_r1_distill", "deepseek_r1_distill_qwen_1_5b")],
+)
+def test_nothink_feeds_the_nothinking_layout_after_the_template(
+    tiny_backbone: Backbone, template: str, model: str
+) -> None:
+    """Prompt and `nothink` span together read `<think>\n` + prefill + `\n</think>\n\n` after
+    the assistant turn's opening: one open marker also where the template opens the span itself
+    (DeepSeek-R1-Distill), as NoThinking writes it."""
+    markers = compose_model(model).model
+    config = replace(
+        tiny_backbone.config,
+        think_open=markers.think_open,
+        think_close=markers.think_close,
+        nothink_prefill=markers.nothink_prefill,
+    )
+    lm = LatentLM(replace(tiny_backbone, config=config))
+    tokenizer = copy.deepcopy(lm.tokenizer)
+    path = ROOT / "tests" / "fixtures" / "chat_templates" / f"{template}.jinja"
+    tokenizer.chat_template = path.read_text()
+    lm.tokenizer = tokenizer
+    text = format_prompt(tokenizer, Record("q", "What is 2+2?", "4"), PromptConfig(), None)
+    ids, mask = lm.tokenize_prompts([text])
+    prefix = lm.encode(ids, mask)
+    span = torch.cat([p for p in lm._span_pieces("nothink", prefix.opened)]).tolist()
+    fed = tokenizer.decode(ids[0].tolist() + span)
+    opening = text.removesuffix("<think>\n")
+    assert opening.endswith("<|im_start|>assistant\n" if template == "qwen3" else "Assistant｜>")
+    assert fed == opening + "<think>\n" + NOTHINKING_PREFILL + "\n</think>\n\n"
+    assert lm.span_positions("nothink", prefix.opened) == len(span)
 
 
 def test_intervals_and_paired_differences() -> None:

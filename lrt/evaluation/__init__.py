@@ -3,7 +3,8 @@ points at, turned into models) and `run` (a whole `conf/evaluate.yaml` compositi
 
 from lrt.evaluation.discovery import find_reasoners
 from lrt.evaluation.metrics import accuracy, mean_tokens, pass_at_k, summarize
-from lrt.evaluation.predict import Prediction, mode_rows, predict
+from lrt.evaluation.predict import mode_rows, predict
+from lrt.evaluation.prediction import Prediction
 from lrt.evaluation.run import evaluate, load_tasks, validate_evaluate
 
 __all__ = [

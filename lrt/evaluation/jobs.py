@@ -18,7 +18,8 @@ from lrt.data.prompts import PromptConfig
 from lrt.data.records import Record
 from lrt.evaluation.discovery import Checkpoint
 from lrt.evaluation.metrics import compare_to_best_baseline, compare_to_swap, summarize
-from lrt.evaluation.predict import Prediction, predict, predict_modes
+from lrt.evaluation.predict import predict, predict_modes
+from lrt.evaluation.prediction import Prediction
 from lrt.modes import DecodeConfig
 
 

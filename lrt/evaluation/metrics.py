@@ -12,7 +12,7 @@ import numpy as np
 from lrt.modes import mode_of
 
 if TYPE_CHECKING:
-    from lrt.evaluation.predict import Prediction
+    from lrt.evaluation.prediction import Prediction
 
 
 def accuracy(predictions: Sequence[Prediction]) -> float:

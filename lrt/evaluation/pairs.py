@@ -15,7 +15,7 @@ from typing import Any
 
 from lrt.errors import ConfigError
 from lrt.evaluation.metrics import paired_difference, per_question
-from lrt.evaluation.predict import Prediction
+from lrt.evaluation.prediction import Prediction
 from lrt.report import percent, with_interval
 
 Key = tuple[str, str, str]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from lrt.decoding import Generation
 from lrt.distributed import gather_objects, world
 from lrt.errors import ConfigError
 from lrt.evaluation.metrics import compare_to_best_baseline, compare_to_swap, summarize
+from lrt.evaluation.prediction import Prediction
 from lrt.grading import extract, grade
 from lrt.latent_lm import LatentLM, Prefix
 from lrt.modes import DecodeConfig, mode_of, parse_mode
@@ -30,52 +31,12 @@ from lrt.sampling import RowNoise
 
 
 @dataclass
-class Prediction:
-    """One graded answer: a row of `predictions.jsonl`."""
-
-    id: str
-    mode: str
-    text: str
-    extracted: str | None
-    correct: bool
-    tokens: int
-    """Tokens the model generated itself for this answer (hybrid: lrt and cot together)."""
-    positions: int
-    """Every position the base processed for it: the prompt, the thinking span's inputs (the K
-    latents of `lrt` included) and every decoded token; the prefill cost `tokens` leaves out."""
-    after_prompt: int
-    """`positions` less the prompt's: what the mode itself adds to the question's cost."""
-    batch_time_s: float
-    """Wall time of the batch it was decoded in (prompt encode included): its latency."""
-    time_per_question_s: float
-    """`batch_time_s` over the batch's questions: the amortised cost at this batch size."""
-    ttft_s: float
-    """Time to first token: from the batch's arrival (prompt encode included) to its first
-    decoded token."""
-    truncated: bool
-    confidence: float
-    """Mean log-prob of the answer tokens (hybrid: of the `lrt` answer, the gate's input)."""
-    sample: int = 0
-    route: str | None = None
-    """`hybrid` only: `lrt` when the gate kept the latent answer, else `cot`."""
-    probe_tokens: int = 0
-    """Look-ahead tokens generated and discarded (`stir`'s probes), not in `tokens`: STIR's
-    `budget_used` is `tokens + probe_tokens`."""
-    steps: int | None = None
-    """The question's number of solution steps, where its task states them (difficulty)."""
-    latent_spread: float | None = None
-    """`lrt` and `lrt-swap`: the spread of the latents across the questions of its batch
-    (`lrt.reasoner.latent_spread`; 0 for a question-blind prompt)."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
 class _Answer:
     """One decoded row before grading."""
 
     text: str
+    answer: str
+    """The part of `text` that is graded (`Generation.answer_texts`)."""
     tokens: int
     after_prompt: int
     """Positions after the prompt: thinking-span inputs plus every token fed back."""
@@ -91,9 +52,12 @@ def _answers(gen: Generation, span: int, route: str | None = None) -> list[_Answ
     probes = gen.probe_tokens or [0] * rows
     extra = gen.extra_positions or [0] * rows
     return [
-        _Answer(text, n, span + len(ids) + e, trunc, float(conf), route, gen.first_token_at, p)
-        for text, n, ids, trunc, conf, p, e in zip(
+        _Answer(
+            text, answer, n, span + len(ids) + e, trunc, float(conf), route, gen.first_token_at, p
+        )
+        for text, answer, n, ids, trunc, conf, p, e in zip(
             gen.texts,
+            gen.answer_texts,
             gen.num_generated,
             gen.token_ids,
             gen.truncated,
@@ -310,8 +274,8 @@ def answer_batches(
                         id=records[i].id,
                         mode=mode,
                         text=a.text,
-                        extracted=extract(task, a.text),
-                        correct=grade(task, a.text, records[i]),
+                        extracted=extract(task, a.answer),
+                        correct=grade(task, a.answer, records[i]),
                         tokens=a.tokens,
                         positions=int(n_prompt) + a.after_prompt,
                         after_prompt=a.after_prompt,

@@ -121,7 +121,7 @@ def sample_rollouts(
             # Segments end only on tokens decoding goes on from unforced: not the token that
             # hit the budget (forcing follows it), nor the last one (EOS or the answer limit).
             usable = t_max - 1 if forced else len(ids) - 1
-            correct = grade(task, gen.texts[j], record)
+            correct = grade(task, gen.answer_texts[j], record)  # not the thinking
             group.append(
                 Rollout(
                     ids=ids,
