@@ -11,7 +11,7 @@ import torch
 
 from lrt.adapter import META_NAME, adapter_label, find_adapter, merged_backbone, write_meta
 from lrt.backbone import Backbone
-from lrt.baselines.grpo_cot.rewards import kimi_length_terms, reward_functions
+from lrt.baselines.grpo_cot.rewards import answer_part, kimi_length_terms, reward_functions
 from lrt.baselines.grpo_cot.settings import GRPOCoTSettings, RewardSettings
 from lrt.baselines.grpo_cot.trainer import resume_checkpoint
 from lrt.baselines.grpo_cot.trl_setup import cot_prompt
@@ -29,14 +29,15 @@ RECORDS = [
 # Two questions x four samples, as TRL passes them: each question's samples consecutive.
 COMPLETIONS = [
     "4 plus 8 is 12.\n</think>\n\nThe answer is 12.",  # correct
-    "4 plus 8 is 13. The answer is 13.",  # wrong
-    "The answer is 12.",  # correct
-    "Start with 4, add 8: that gives 11.",  # wrong (last number)
-    "The answer is 7.",  # correct
-    "9 - 2 = 7",  # correct
-    "The answer is 6.",  # wrong
+    "4 plus 8 is 13.\n</think>\n\nThe answer is 13.",  # wrong
+    "\n</think>\n\nThe answer is 12.",  # correct
+    "Start with 4, add 8: that gives 12.",  # wrong: right inside the thinking, never answered
+    "\n</think>\n\nThe answer is 7.",  # correct
+    "9 - 2 = 7\n</think>\n\n9 - 2 = 7",  # correct
+    "The answer is 7.\n</think>\n\nThe answer is 6.",  # wrong: only the answer is graded
     "",  # no answer at all
 ]
+CLOSE = "\n</think>\n\n"  # the model config's think_close
 INDEX = [0, 0, 0, 0, 1, 1, 1, 1]
 LENGTHS = [10, 20, 30, 50, 8, 8, 8, 8]
 IDS = [[1] * n for n in LENGTHS]
@@ -57,18 +58,19 @@ def call(func, completions=COMPLETIONS, ids=IDS, index=INDEX) -> list[float]:
 
 
 def test_correctness_reward_is_the_graders_verdict() -> None:
-    funcs = reward_functions("arith", RECORDS, RewardSettings("none"), 100)
+    funcs = reward_functions("arith", RECORDS, RewardSettings("none"), 100, CLOSE)
     assert [f.__name__ for f in funcs] == ["correctness"]
     rewards = call(funcs[0])
     assert rewards == [1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
     expected = [
-        float(grade("arith", c, RECORDS[i])) for c, i in zip(COMPLETIONS, INDEX, strict=True)
+        float(grade("arith", answer_part(c, CLOSE), RECORDS[i]))
+        for c, i in zip(COMPLETIONS, INDEX, strict=True)
     ]
     assert rewards == expected
 
 
 def test_linear_length_penalty_charges_correct_completions_only() -> None:
-    funcs = reward_functions("arith", RECORDS, RewardSettings("linear", 0.5), 100)
+    funcs = reward_functions("arith", RECORDS, RewardSettings("linear", 0.5), 100, CLOSE)
     assert [f.__name__ for f in funcs] == ["correctness", "length_linear"]
     length = call(funcs[1])
     # -0.5 x tokens / 100 where correct, 0 where wrong.
@@ -78,12 +80,12 @@ def test_linear_length_penalty_charges_correct_completions_only() -> None:
 
 
 def test_kimi_length_reward_within_each_group() -> None:
-    funcs = reward_functions("arith", RECORDS, RewardSettings("kimi", 1.0), 100)
+    funcs = reward_functions("arith", RECORDS, RewardSettings("kimi", 1.0), 100, CLOSE)
     assert [f.__name__ for f in funcs] == ["correctness", "length_kimi"]
     # Question 0: lengths 10/20/30/50, lambda = 0.5, 0.25, 0.0, -0.5; correct get lambda, wrong
     # min(0, lambda). Question 1: all 8 tokens long, lambda = 0.
     assert call(funcs[1]) == pytest.approx([0.5, 0.0, 0.0, -0.5, 0.0, 0.0, 0.0, 0.0])
-    half = reward_functions("arith", RECORDS, RewardSettings("kimi", 0.5), 100)
+    half = reward_functions("arith", RECORDS, RewardSettings("kimi", 0.5), 100, CLOSE)
     assert call(half[1]) == pytest.approx([0.25, 0.0, 0.0, -0.25, 0.0, 0.0, 0.0, 0.0])
     assert kimi_length_terms([5, 15], [False, False], ["a", "a"]) == [0.0, -0.5]
 

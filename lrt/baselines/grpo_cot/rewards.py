@@ -30,8 +30,21 @@ def kimi_length_terms(
     return out
 
 
+def answer_part(completion: str, think_close: str) -> str:
+    """The text after the completion's first close marker: what evaluation grades in `cot`
+    (`Generation.answer_texts`). A completion that never closes its thinking has no answer,
+    so a number or `\\boxed{}` left inside the thinking earns no reward."""
+    marker = think_close.strip()
+    _, found, tail = completion.partition(marker)
+    return tail if found else ""
+
+
 def reward_functions(
-    task: str, records: Sequence[Record], reward: RewardSettings, max_completion_length: int
+    task: str,
+    records: Sequence[Record],
+    reward: RewardSettings,
+    max_completion_length: int,
+    think_close: str,
 ) -> list[RewardFunc]:
     """TRL reward functions: `correctness`, and with a length penalty a second one, `length`.
 
@@ -40,13 +53,15 @@ def reward_functions(
     completion; TRL sums them. Two functions rather than one so TRL logs accuracy
     (`rewards/correctness/mean`) and the length term separately. The length function reuses
     the verdicts of the correctness call on the same completions instead of grading twice.
+    Completions are thinking then answer (the prompt opens the span): only the answer after
+    `think_close` is graded, as evaluation grades `cot`.
     """
     last: dict[str, Any] = {"completions": None, "verdicts": []}
 
     def verdicts(completions: Sequence[str], record_index: Sequence[int]) -> list[bool]:
         if completions is not last["completions"]:
             last["verdicts"] = [
-                grade(task, text, records[int(i)])
+                grade(task, answer_part(text, think_close), records[int(i)])
                 for text, i in zip(completions, record_index, strict=True)
             ]
             last["completions"] = completions

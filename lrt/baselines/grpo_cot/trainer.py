@@ -125,7 +125,11 @@ def train_grpo_cot(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Pat
         "length_penalty": settings.reward.length_penalty,
     }
     funcs = reward_functions(
-        config.data.task, records, settings.reward, settings.max_completion_length
+        config.data.task,
+        records,
+        settings.reward,
+        settings.max_completion_length,
+        backbone.config.think_close,
     )
     backbone.model.train()  # load_backbone freezes and sets eval; peft adds the trainable part
     trainer = GRPOTrainer(
