@@ -452,18 +452,23 @@ def test_answer_exploration_equal_rewards_and_kl(backbone: Backbone) -> None:
 
 
 def test_answer_logprobs_match_the_sampling_pass(backbone: Backbone) -> None:
-    """The teacher-forced log-probs (the policy) equal those of the tokens as they were sampled:
-    the old log-probs of a second iteration make a ratio of exactly 1 at the first."""
-    module = answer_module(backbone, num_iterations=2)  # T=1: the decoder scores untempered
-    ro = rollout(module)
-    assert ro.old_answer_logp is not None
-    sampled = ro.generation.mean_logprob * torch.tensor(ro.generation.num_generated)
-    taught = (ro.old_answer_logp * ro.answer_mask).sum(1)
-    eos = torch.tensor([t[-1] in module.lm.eos_ids for t in ro.generation.token_ids])
-    # The decoder's confidence leaves out the EOS token; compare rows that never stopped.
-    torch.testing.assert_close(taught[~eos], sampled[~eos], rtol=1e-4, atol=1e-4)
-    loss, stats = module.loss(ro)
-    assert stats["clip_frac"] == 0
+    """The teacher-forced log-probs (the policy) equal those each token was drawn with, in every
+    row and at every position, the EOS token of the rows that stopped included: the old
+    log-probs of a second iteration, and the loss's own pass, make a ratio of 1 at the first."""
+    module = answer_module(backbone, num_iterations=2, temperature=0.7)
+    with eos_bias(module.lm):
+        ro = rollout(module)
+        (terms,) = module.policy_terms(ro)
+    assert ro.old_answer_logp is not None and ro.answer_mask is not None
+    stopped = [t[-1] in module.lm.eos_ids for t in ro.generation.token_ids]
+    assert any(stopped) and not all(stopped), "both stopped and truncated rows are compared"
+    assert ro.generation.sampled_logprobs is not None
+    drawn = torch.cat([torch.tensor(row) for row in ro.generation.sampled_logprobs])
+    counted = ro.answer_mask.bool()  # each row's tokens, left-aligned: row-major like `drawn`
+    assert int(counted.sum()) == len(drawn) == sum(map(len, ro.generation.token_ids)) > 0
+    assert not drawn.isnan().any(), "lrt decoding forces no token"
+    torch.testing.assert_close(ro.old_answer_logp[counted], drawn, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(terms.logp.detach()[counted], drawn, rtol=1e-4, atol=1e-4)
 
 
 def test_mask_truncated_completions_gives_a_truncated_answer_no_weight(backbone: Backbone) -> None:
