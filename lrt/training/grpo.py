@@ -335,10 +335,10 @@ class GRPOModule(SampledValidation, StageModule):
         units = self.all_sum(sum(float(self.loss_units(r)) for r in rollouts))
         g = s.num_generations
         trained = rollouts
-        if s.beta == 0 and s.loss_type != "bnpo":
+        if s.skips_equal_reward_groups:
             # A group with equal rewards has zero advantage: without a KL term its samples add
             # exactly nothing to the loss or its gradient, so the passes through the base skip
-            # them (counted above, as TRL counts them; bnpo's chunk-own token mean cannot skip).
+            # them (the denominator above still counts them, as TRL's loss does).
             trained = [r.keep_groups(~r.zero_std & r.real[::g].cpu(), g) for r in rollouts]
         totals: dict[str, float] = {}
 

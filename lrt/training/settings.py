@@ -242,6 +242,13 @@ class GRPOSettings(StageSettings):
         return self.num_iterations
 
     @property
+    def skips_equal_reward_groups(self) -> bool:
+        """Whether a step's passes through the base may leave out the groups whose rewards are
+        all equal: their zero advantage adds nothing to the loss without a KL term, unless the
+        loss divides by the micro-batch's own token count (`bnpo`), which counts their tokens."""
+        return self.beta == 0 and self.loss_type != "bnpo"
+
+    @property
     def uses_pool(self) -> bool:
         """Whether steps draw their questions from a candidate pool (dynamic sampling or
         difficulty-aware selection) rather than take the sampler's batch as it is."""
