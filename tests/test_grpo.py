@@ -8,6 +8,8 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -152,6 +154,7 @@ def test_policy_loss_equals_its_formula(loss_type: str) -> None:
     expected = {
         "grpo": sum(per[i].sum() / mask[i].sum() for i in range(n)) / n,
         "bnpo": per.sum() / mask.sum(),
+        "dapo": per.sum() / mask.sum(),
         "dr_grpo": per.sum() / (n * k),
     }[loss_type]
     torch.testing.assert_close(loss, expected)
@@ -182,7 +185,12 @@ def test_one_iteration_gradient_is_reinforce_with_group_baseline(loss_type: str)
     loss, clip_frac = policy_loss(logp, logp.detach(), adv, loss_type, mask=mask)
     loss.backward()
 
-    n_tokens = {"grpo": mask.sum(1, keepdim=True) * b * G, "bnpo": mask.sum(), "dr_grpo": b * G * k}
+    n_tokens = {
+        "grpo": mask.sum(1, keepdim=True) * b * G,
+        "bnpo": mask.sum(),
+        "dapo": mask.sum(),
+        "dr_grpo": b * G * k,
+    }
     weight = mask / n_tokens[loss_type]
     score = (z - mu.detach().repeat_interleave(G, 0)) / sigma**2
     per_sample = adv[:, None, None] * weight[..., None] * score
@@ -329,6 +337,14 @@ def test_invalid_settings_name_their_key(compose_train) -> None:
         typed(GRPOSettings, stage, "stage")
     default = OmegaConf.to_container(compose_train("stage=grpo").stage)
     assert typed(GRPOSettings, default, "stage").loss_type == "grpo"
+    assert typed(GRPOSettings, default, "stage").mask_truncated_completions is False
+    dapo = compose_train(
+        "stage=grpo", "stage.loss_type=dapo", "stage.mask_truncated_completions=true"
+    )
+    settings = typed(GRPOSettings, OmegaConf.to_container(dapo.stage), "stage")
+    assert (settings.loss_type, settings.mask_truncated_completions) == ("dapo", True)
+    with pytest.raises(ConfigError, match="stage.mask_truncated_completions: Value 'sometimes'"):
+        typed(GRPOSettings, {"mask_truncated_completions": "sometimes"}, "stage")
 
 
 # --- answer-token exploration (the paper's Algorithm 1) -----------------------------------------
@@ -360,6 +376,21 @@ def answer_module(backbone: Backbone, **settings) -> GRPOModule:
     return make_module(backbone, **{"exploration": "answer", "temperature": 1.0, **settings})
 
 
+@contextmanager
+def eos_bias(lm: LatentLM, bias: float = 3.5) -> Iterator[None]:
+    """Raise the base's EOS logits by `bias` wherever its LM head runs (decoding and scoring):
+    the tiny random base spreads its mass over 256 tokens and almost never stops within a few,
+    so without it every sampled answer runs to the budget."""
+    head = lm.base.get_output_embeddings()
+    offset = torch.zeros(head.out_features)
+    offset[list(lm.eos_ids)] = bias
+    handle = head.register_forward_hook(lambda _m, _i, out: out + offset.to(out))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_answer_exploration_gradient_is_reinforce_through_the_base(
     backbone: Backbone, loss_type: str
@@ -383,6 +414,7 @@ def test_answer_exploration_gradient_is_reinforce_through_the_base(
     weight = {
         "grpo": 1 / (n * lengths.float()),
         "bnpo": torch.full((n,), 1 / float(lengths.sum())),
+        "dapo": torch.full((n,), 1 / float(lengths.sum())),
         "dr_grpo": torch.full((n,), 1 / (n * module.settings.max_answer_tokens)),
     }[loss_type]
     z2 = z.detach().clone().requires_grad_()
@@ -420,18 +452,46 @@ def test_answer_exploration_equal_rewards_and_kl(backbone: Backbone) -> None:
 
 
 def test_answer_logprobs_match_the_sampling_pass(backbone: Backbone) -> None:
-    """The teacher-forced log-probs (the policy) equal those of the tokens as they were sampled:
-    the old log-probs of a second iteration make a ratio of exactly 1 at the first."""
-    module = answer_module(backbone, num_iterations=2)  # T=1: the decoder scores untempered
-    ro = rollout(module)
-    assert ro.old_answer_logp is not None
-    sampled = ro.generation.mean_logprob * torch.tensor(ro.generation.num_generated)
-    taught = (ro.old_answer_logp * ro.answer_mask).sum(1)
-    eos = torch.tensor([t[-1] in module.lm.eos_ids for t in ro.generation.token_ids])
-    # The decoder's confidence leaves out the EOS token; compare rows that never stopped.
-    torch.testing.assert_close(taught[~eos], sampled[~eos], rtol=1e-4, atol=1e-4)
-    loss, stats = module.loss(ro)
-    assert stats["clip_frac"] == 0
+    """The teacher-forced log-probs (the policy) equal those each token was drawn with, in every
+    row and at every position, the EOS token of the rows that stopped included: the old
+    log-probs of a second iteration, and the loss's own pass, make a ratio of 1 at the first."""
+    module = answer_module(backbone, num_iterations=2, temperature=0.7)
+    with eos_bias(module.lm):
+        ro = rollout(module)
+        (terms,) = module.policy_terms(ro)
+    assert ro.old_answer_logp is not None and ro.answer_mask is not None
+    stopped = [t[-1] in module.lm.eos_ids for t in ro.generation.token_ids]
+    assert any(stopped) and not all(stopped), "both stopped and truncated rows are compared"
+    assert ro.generation.sampled_logprobs is not None
+    drawn = torch.cat([torch.tensor(row) for row in ro.generation.sampled_logprobs])
+    counted = ro.answer_mask.bool()  # each row's tokens, left-aligned: row-major like `drawn`
+    assert int(counted.sum()) == len(drawn) == sum(map(len, ro.generation.token_ids)) > 0
+    assert not drawn.isnan().any(), "lrt decoding forces no token"
+    torch.testing.assert_close(ro.old_answer_logp[counted], drawn, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(terms.logp.detach()[counted], drawn, rtol=1e-4, atol=1e-4)
+
+
+def test_mask_truncated_completions_gives_a_truncated_answer_no_weight(backbone: Backbone) -> None:
+    """With `stage.mask_truncated_completions`, a sample whose answer ran to the budget without
+    EOS counts no loss token, so its latents get no gradient; it still counts as a sample
+    (`grpo`'s mean over samples, as TRL's). Without the option it is weighed like the rest."""
+    grads, units = {}, {}
+    for flag in (False, True):
+        module = answer_module(backbone, mask_truncated_completions=flag)
+        with eos_bias(module.lm):
+            ro = rollout(module)
+            # Every sample gets a non-zero advantage (the tiny base answers nothing right).
+            ro.advantages = group_advantages(torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 0]), G)
+            z = module._latents(module.reasoner, ro).detach().requires_grad_()
+            module._latents = lambda reasoner, rollout, z=z: z  # type: ignore[method-assign]
+            module.loss(ro)[0].backward()
+        grads[flag] = z.grad.flatten(1).abs().sum(1)
+        units[flag] = float(module.loss_units(ro))
+        truncated = torch.tensor(ro.generation.truncated)
+    assert truncated.any() and not truncated.all()
+    assert (grads[False] > 0).all()
+    assert (grads[True][truncated] == 0).all() and (grads[True][~truncated] > 0).all()
+    assert units[False] == units[True] == len(RECORDS) * G
 
 
 def test_both_exploration_adds_the_latent_and_answer_terms(backbone: Backbone) -> None:

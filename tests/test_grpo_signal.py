@@ -3,23 +3,25 @@ question order, and CoLaR's per-dimension latent log-density."""
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import DynamicCache
+from transformers import PreTrainedTokenizerBase
 
-from lrt.backbone import BackboneConfig, load_backbone
+from lrt.backbone import Backbone, BackboneConfig, load_backbone
+from lrt.data.datamodule import Collator, PromptDataset
 from lrt.data.prompts import PromptConfig
 from lrt.data.records import Record
 from lrt.data.tasks import load_task
-from lrt.decoding import Generation
 from lrt.evaluation.predict import predict
-from lrt.latent_lm import LatentLM, Prefix
+from lrt.latent_lm import LatentLM
 from lrt.modes import DecodeConfig
 from lrt.reasoner import build_reasoner
 from lrt.training.difficulty import PassRates
-from lrt.training.grpo_loss import gaussian_kl, gaussian_logprob, zero_std_groups
+from lrt.training.grpo import GRPOModule
+from lrt.training.grpo_loss import gaussian_kl, gaussian_logprob
 from lrt.training.policies import LatentGaussianPolicy
 from lrt.training.pool import pool_rollouts
 from lrt.training.rollout import Rollout
@@ -44,75 +46,104 @@ def test_pass_rates_order_update_and_cooldown() -> None:
     assert rates.stats(2) == {"known_share": 0.6, "in_between_share": 0.2, "cooling_share": 0.2}
 
 
-class FakeData:
-    """A pool of 12 questions in a fixed order; question q's group is informative iff q is
-    odd (one right and one wrong answer), else all wrong."""
+@pytest.fixture(scope="module")
+def backbone() -> Backbone:
+    """A tiny random base whose greedy answers depend on the latents."""
+    return load_backbone(
+        BackboneConfig(
+            name="tiny-signal",
+            source="random",
+            random_config={
+                "model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "head_dim": 16, "initializer_range": 0.1,
+            },
+        )
+    )  # fmt: skip
 
-    train_records = [Record(str(q), f"q{q}", "1") for q in range(12)]
+
+class PoolData:
+    """12 questions, the pool in their order, collated by the training loader's own
+    `PromptDataset` and `Collator`."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.train_records = [Record(str(q), f"What is {q} + 1?", str(q + 1)) for q in range(12)]
+        self.dataset = PromptDataset(self.train_records, tokenizer, PromptConfig(), None)
+        self.collate = Collator(tokenizer)
 
     def pool(self, step: int, size: int) -> list[int]:
         return list(range(size))
 
     def collate_keys(self, keys: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
-        index = torch.tensor([q for q, _ in keys])
-        return {
-            "input_ids": index[:, None],
-            "attention_mask": torch.ones(len(keys), 1),
-            "slot": torch.tensor([s for _, s in keys]),
-        }
+        return self.collate([self.dataset[k] for k in keys])
 
 
-def fake_module(settings: GRPOSettings, rates: PassRates | None = None) -> SimpleNamespace:
-    rolled: list[list[int]] = []
-
-    def rollout(input_ids, attention_mask, records, slots, step):
-        qs = input_ids[:, 0].tolist()
-        rolled.append(qs)
-        correct = torch.tensor([[q % 2 == 1, False] for q in qs]).reshape(-1)
-        n, b = len(qs) * G, len(qs)
-        # Each sample's latent holds its question, so what a step keeps can be read back.
-        latents = torch.tensor(qs, dtype=torch.float).repeat_interleave(G).view(n, 1, 1)
-        prefix = Prefix(DynamicCache(), torch.ones(b, 1), torch.zeros(b, 1, 1), torch.zeros(b, 1))
-        texts = [str(int(c)) for c in correct]
-        generation = Generation([[1]] * n, texts, [1] * n, torch.zeros(n), [False] * n)
-        return Rollout(
-            prefix=prefix, latents=latents, noise=None, old_latent_logp=None,
-            answer_ids=None, answer_mask=None, old_answer_logp=None, ref_answer_logp=None,
-            drawn_answer_logp=None,
-            rewards=correct.float(), correct=correct, advantages=torch.ones(n),
-            mask=torch.ones(n, 3), zero_std=zero_std_groups(correct.float(), G),
-            real=(slots >= 0).repeat_interleave(G), generation=generation,
-            records=[r for r in records for _ in range(G)],
-        )  # fmt: skip
-
-    trainer = SimpleNamespace(datamodule=FakeData(), global_rank=0, world_size=1)
-    return SimpleNamespace(
-        settings=settings,
-        trainer=trainer,
-        lm=SimpleNamespace(device="cpu"),
-        rollout=rollout,
-        pass_rates=rates,
-        rolled=rolled,
+def pool_module(
+    backbone: Backbone, settings: GRPOSettings, monkeypatch: pytest.MonkeyPatch
+) -> tuple[GRPOModule, list[list[int]]]:
+    """A real GRPO module (latent exploration, greedy answers) on `PoolData`, and the questions
+    each of its rollouts was given. Only the grader is replaced: question q's group is
+    informative iff q is odd (its first sample right, its second wrong), else all wrong; a
+    rollout grades its rows in order, a question's G samples consecutive."""
+    torch.manual_seed(0)
+    reasoner = build_reasoner(
+        {"num_latents": 2, "width": 32, "depth": 1, "heads": 4},
+        backbone.name,
+        backbone.hidden_size,
+        backbone.embedding_rms(),
     )
+    module = GRPOModule(LatentLM(backbone, reasoner), "arith", settings)
+    data = PoolData(module.lm.tokenizer)
+    module.trainer = SimpleNamespace(datamodule=data, global_rank=0, world_size=1)
+    calls = itertools.count()
+
+    def grade(task: str, text: str, record: Record) -> bool:
+        first = next(calls) % G == 0
+        return int(record.id) % 2 == 1 and first
+
+    monkeypatch.setattr("lrt.training.grpo.grade", grade)
+    rolled: list[list[int]] = []
+    real_rollout = module.rollout
+
+    def rollout(input_ids, attention_mask, records, slots, step) -> Rollout:
+        rolled.append([int(r.id) for r in records])
+        return real_rollout(input_ids, attention_mask, records, slots=slots, step=step)
+
+    monkeypatch.setattr(module, "rollout", rollout)
+    return module, rolled
 
 
-def test_dynamic_sampling_keeps_the_first_b_informative_groups_and_stops() -> None:
+def test_dynamic_sampling_keeps_the_first_b_informative_groups_and_stops(
+    backbone: Backbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = GRPOSettings(
         batch_size=3,
         num_generations=G,
+        max_answer_tokens=2,
         dynamic_sampling=DynamicSamplingSettings(enabled=True, round_size=4, max_rounds=3),
     )
-    module = fake_module(settings)
-    rollouts, stats = pool_rollouts(module, step=0)
+    module, rolled = pool_module(backbone, settings, monkeypatch)
+    rollouts, stats = pool_rollouts(module, step=5)
     # round 1 (questions 0-3) gives 1 and 3, round 2 (4-7) gives 5 and 7: stop at 3 kept
-    assert module.rolled == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert rolled == [[0, 1, 2, 3], [4, 5, 6, 7]]
     # The rollouts the loss sees hold only the kept groups (round 2's 7 is informative but
-    # beyond B), every field narrowed alike, so the loss passes cost what the step trains on.
+    # beyond B), every field narrowed alike: each kept group is the one its question rolls
+    # out alone at its slot, so the loss passes cost what the step trains on.
     for r, kept in zip(rollouts, [[1, 3], [5]], strict=True):
-        assert r.latents.view(-1, G)[:, 0].tolist() == kept and bool(r.real.all())
         assert [rec.id for rec in r.records[::G]] == [str(q) for q in kept]
-        assert r.generation.texts == ["1", "0"] * len(kept) and r.prefix.batch_size == len(kept)
-        assert r.zero_std.tolist() == [False] * len(kept) and r.mask.shape == (len(kept) * G, 3)
+        assert r.correct.tolist() == [True, False] * len(kept) and bool(r.real.all())
+        assert r.zero_std.tolist() == [False] * len(kept) and r.prefix.batch_size == len(kept)
+        assert r.mask.shape == (len(kept) * G, 2) and bool(r.mask.all())
+        for i, q in enumerate(kept):
+            batch = module.trainer.datamodule.collate_keys([(q, q)])
+            alone = module.rollout(batch["input_ids"], batch["attention_mask"],
+                                   [module.trainer.datamodule.train_records[q]],
+                                   slots=batch["slot"], step=5)  # fmt: skip
+            rows = slice(i * G, (i + 1) * G)
+            torch.testing.assert_close(r.latents[rows], alone.latents)
+            torch.testing.assert_close(r.old_latent_logp[rows], alone.old_latent_logp)
+            torch.testing.assert_close(r.advantages[rows], alone.advantages)
+            assert r.generation.token_ids[rows] == alone.generation.token_ids
     assert stats == {
         "pool/rolled_out": 8.0,
         "pool/informative_share": 0.5,
@@ -121,17 +152,25 @@ def test_dynamic_sampling_keeps_the_first_b_informative_groups_and_stops() -> No
     }
 
 
-def test_without_dynamic_sampling_the_round_is_kept_whole_in_difficulty_order() -> None:
+def test_without_dynamic_sampling_the_round_is_kept_whole_in_difficulty_order(
+    backbone: Backbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
     difficulty = DifficultySettings(enabled=True, pool_factor=3)
-    settings = GRPOSettings(batch_size=2, num_generations=G, difficulty=difficulty)
+    settings = GRPOSettings(
+        batch_size=2, num_generations=G, max_answer_tokens=2, difficulty=difficulty
+    )
+    module, rolled = pool_module(backbone, settings, monkeypatch)
     rates = PassRates(12, difficulty)
     rates.update([0, 1, 2, 3], [1.0, 0.0, 0.5, 0.0], step=0)
-    module = fake_module(settings, rates)
+    module._pass_rate_state = rates.state_dict()  # as a resumed run's checkpoint holds it
     rollouts, stats = pool_rollouts(module, step=1)
     # pool 0..5: 2 is in between, then the unknown 4 and 5 before the saturated 0, 1, 3
-    assert module.rolled == [[2, 4]] and bool(rollouts[0].real.all())
+    assert rolled == [[2, 4]] and bool(rollouts[0].real.all())
+    assert [rec.id for rec in rollouts[0].records[::G]] == ["2", "4"]
     assert stats["pool/kept_groups"] == 2.0 and stats["difficulty/known_share"] == 5 / 12
-    assert float(rates.rate[2]) == 0.25 and float(rates.rate[4]) == 0.0  # updated from the step
+    updated = module.pass_rates
+    assert updated is not None  # updated from the step's all-wrong groups of 2 and 4
+    assert float(updated.rate[2]) == 0.25 and float(updated.rate[4]) == 0.0
 
 
 def test_latent_logprob_mean_divides_density_and_kl_by_d() -> None:
@@ -157,20 +196,11 @@ def test_latent_logprob_mean_divides_density_and_kl_by_d() -> None:
         GRPOSettings(latent_logprob="max")
 
 
-def test_lrt_evaluated_with_latent_noise_samples_the_latents_reproducibly() -> None:
+def test_lrt_evaluated_with_latent_noise_samples_the_latents_reproducibly(
+    backbone: Backbone,
+) -> None:
     """`pass_at_k.latent_noise` scores the policy latent GRPO trains: greedy answers from
     mu + sigma * eps, a different eps per sample and the same one on every call."""
-    backbone = load_backbone(
-        BackboneConfig(
-            name="tiny-noise",
-            source="random",
-            random_config={
-                "model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128,
-                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                "head_dim": 16, "initializer_range": 0.1,
-            },
-        )
-    )  # fmt: skip
     torch.manual_seed(0)
     reasoner = build_reasoner(
         {"num_latents": 4, "width": 32, "depth": 1, "heads": 4},

@@ -221,7 +221,7 @@ class GRPOModule(SampledValidation, StageModule):
             if self.ref_reasoner is not None:
                 z_ref = self._latents(self.ref_reasoner, rollout)
                 rollout.ref_answer_logp = answers.log_prob(prefix, z_ref, ids, rollout.answer_mask)
-        rollout.mask = rollout.mask * real.unsqueeze(1)
+        rollout.mask = rollout.mask * rollout.loss_rows(s.mask_truncated_completions)[:, None]
         return rollout
 
     # --- the objective -----------------------------------------------------------------------
@@ -299,7 +299,7 @@ class GRPOModule(SampledValidation, StageModule):
         max_tokens = (self.reasoner.num_latents if s.samples_latents else 0) + (
             self.rollout_tokens if s.samples_answers else 0
         )
-        return loss_units(s.loss_type, rollout.mask, max_tokens)
+        return loss_units(s.loss_type, rollout.mask, max_tokens, rollout.real)
 
     def loss(self, rollout: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss on one rollout alone: `loss_sum / loss_units`."""
@@ -336,7 +336,7 @@ class GRPOModule(SampledValidation, StageModule):
         units = self.all_sum(sum(float(self.loss_units(r)) for r in rollouts))
         g = s.num_generations
         trained = rollouts
-        if s.beta == 0:
+        if s.skips_equal_reward_groups:
             # A group with equal rewards has zero advantage: without a KL term its samples add
             # exactly nothing to the loss or its gradient, so the passes through the base skip
             # them (the denominator above still counts them, as TRL's loss does).

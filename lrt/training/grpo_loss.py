@@ -14,7 +14,7 @@ import torch
 
 from lrt.errors import ConfigError
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 ADVANTAGE_EPS = 1e-4
 """Added to the group std before dividing, as in TRL, so small spreads do not explode."""
 
@@ -97,15 +97,26 @@ def check_loss_type(loss_type: str) -> None:
         raise ConfigError(f"stage.loss_type={loss_type!r} is not one of {LOSS_TYPES}")
 
 
-def loss_units(loss_type: str, mask: torch.Tensor, max_tokens: int | None = None) -> torch.Tensor:
-    """What a loss type averages over, counted in `mask` ([N, T]): samples (`grpo`), tokens
-    (`bnpo`) or samples times the most tokens a sample can have (`dr_grpo`). Summed over
-    micro-batches and ranks it normalises the global loss."""
+def loss_units(
+    loss_type: str,
+    mask: torch.Tensor,
+    max_tokens: int | None = None,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """What a loss type divides by, for one micro-batch; summed over micro-batches and ranks it
+    normalises the global loss as TRL's `_compute_loss` (with its gradient accumulation and
+    data-parallel average) does: samples (`grpo`), micro-batches (`bnpo`, whose sum is already
+    its micro-batch's token mean), tokens (`dapo`: the global batch's) or samples times the most
+    tokens a sample can have (`dr_grpo`). `mask` is [N, T]; `rows` ([N] bool, default: those
+    with a counted token) the samples that exist, counted even when masked out (TRL's
+    `mask_truncated_completions` masks tokens, not samples)."""
     check_loss_type(loss_type)
-    samples = (mask.sum(-1) > 0).sum().float()  # a row with no counted token is padding
+    samples = (mask.sum(-1) > 0 if rows is None else rows).sum().float()
     if loss_type == "grpo":
         return samples
     if loss_type == "bnpo":
+        return (samples > 0).float()
+    if loss_type == "dapo":
         return mask.sum().float()
     return samples * (max_tokens or mask.shape[1])
 
@@ -121,23 +132,26 @@ def policy_loss(
     beta: float = 0.0,
     mask: torch.Tensor | None = None,
     max_tokens: int | None = None,
+    rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped-ratio GRPO loss and the fraction of tokens where clipping is active.
 
     `logp`/`old_logp`/`kl` are [N, T] (`old_logp` detached, from the sampling step),
     `advantages` is [N]. A token is a latent vector (latent exploration), a sampled answer token
     (answer exploration) or either (both). Aggregation follows TRL: `grpo` averages each
-    sample's tokens then the samples, `bnpo` averages all tokens of the batch, `dr_grpo`
-    divides the sum by N times the most tokens a sample can have (`max_tokens`, TRL's
-    `max_completion_length`; default T). With K latents only, every token is present and the
-    three coincide; `mask` ([N, T], 1 = counted) is where they differ, for variable-length
-    answers. The loss is `policy_loss_sum(...) / loss_units(...)`.
+    sample's tokens then the samples, `bnpo` and `dapo` average all tokens of the batch (they
+    differ across micro-batches: `bnpo` averages each micro-batch's own, `dapo` divides by the
+    global count), `dr_grpo` divides the sum by N times the most tokens a sample can have
+    (`max_tokens`, TRL's `max_completion_length`; default T). With K latents only, every token
+    is present and all coincide; `mask` ([N, T], 1 = counted) is where they differ, for
+    variable-length answers and masked truncated samples (`rows`: see `loss_units`). The loss
+    is `policy_loss_sum(...) / loss_units(...)`.
     """
     total, clip_frac = policy_loss_sum(
         logp, old_logp, advantages, loss_type, epsilon_low, epsilon_high, kl, beta, mask
     )
     mask = torch.ones_like(logp) if mask is None else mask
-    return total / loss_units(loss_type, mask, max_tokens).clamp(min=1), clip_frac
+    return total / loss_units(loss_type, mask, max_tokens, rows).clamp(min=1), clip_frac
 
 
 def policy_loss_sum(
@@ -151,8 +165,9 @@ def policy_loss_sum(
     beta: float = 0.0,
     mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The numerator of `policy_loss`: summed per-sample means (`grpo`) or summed per-token
-    terms (`bnpo`, `dr_grpo`), so that micro-batches and ranks can share one denominator."""
+    """The numerator of `policy_loss`: summed per-sample means (`grpo`), the micro-batch's
+    token mean (`bnpo`) or summed per-token terms (`dapo`, `dr_grpo`), so that micro-batches
+    and ranks can share one denominator."""
     check_loss_type(loss_type)
     mask = torch.ones_like(logp) if mask is None else mask.to(logp.dtype)
     ratio = torch.exp(logp - old_logp)
@@ -165,6 +180,8 @@ def policy_loss_sum(
         per_token = per_token + beta * kl
     if loss_type == "grpo":
         total = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum()
+    elif loss_type == "bnpo":
+        total = (per_token * mask).sum() / mask.sum().clamp(min=1)
     else:
         total = (per_token * mask).sum()
     with torch.no_grad():

@@ -50,6 +50,14 @@ class Rollout:
     """Per answer token log-prob the decoder drew it with, [B*G, m]: what the loss's
     recomputation of the sampling policy is checked against (`train/logratio_max`)."""
 
+    def loss_rows(self, mask_truncated: bool) -> torch.Tensor:
+        """Which samples' tokens count in the loss, [B*G] bool: the real ones, less, with TRL's
+        `mask_truncated_completions`, those whose answer hit the budget without EOS: their
+        reward grades a cut-off answer (DAPO's overlong filtering). They stay in the group's
+        advantage and in the sample counts of `grpo` and `dr_grpo`, as in TRL."""
+        truncated = torch.tensor(self.generation.truncated, device=self.real.device)
+        return self.real & ~(truncated & mask_truncated)
+
     def select_groups(self, questions: torch.Tensor, group_size: int) -> Rollout:
         """The rollout of the `questions` given (indices into its B) with their G samples each.
 

@@ -145,7 +145,14 @@ class GRPOSettings(StageSettings):
     scale_rewards: bool = True
     """Divide advantages by the group's std; false is Dr. GRPO."""
     loss_type: str = "grpo"
-    """TRL's normalisations: `grpo`, `bnpo`, `dr_grpo` (over latent and answer tokens)."""
+    """TRL's normalisations over latent and answer tokens, matched to its `_compute_loss`:
+    `grpo` (each sample's token mean, averaged), `bnpo` (each micro-batch's token mean),
+    `dapo` (the token sum over the global batch's token count), `dr_grpo` (the token sum over
+    samples times the most tokens a sample can have)."""
+    mask_truncated_completions: bool = False
+    """TRL's (DAPO's overlong filtering): a sample whose answer hit the rollout budget without
+    EOS counts no loss tokens, since its reward grades a cut-off answer; it still counts in its
+    group's advantage."""
     epsilon_low: float = 0.2
     epsilon_high: float = 0.2
     """The ratio is clipped to [1 - epsilon_low, 1 + epsilon_high]."""
@@ -233,6 +240,13 @@ class GRPOSettings(StageSettings):
     @property
     def steps_per_batch(self) -> int:
         return self.num_iterations
+
+    @property
+    def skips_equal_reward_groups(self) -> bool:
+        """Whether a step's passes through the base may leave out the groups whose rewards are
+        all equal: their zero advantage adds nothing to the loss without a KL term, unless the
+        loss divides by the micro-batch's own token count (`bnpo`), which counts their tokens."""
+        return self.beta == 0 and self.loss_type != "bnpo"
 
     @property
     def uses_pool(self) -> bool:
