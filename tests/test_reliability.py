@@ -627,6 +627,7 @@ CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
         [
             "data=openr1_math",
             f"data.train.path={ROOT / 'tests' / 'fixtures' / 'openr1_math.jsonl'}",
+            f"data.test.path={ROOT.parent / 'shared' / 'data' / 'math500' / 'test.jsonl'}",
             "data.on_error=raise",
             "data.val.limit=1",
         ],

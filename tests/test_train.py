@@ -13,8 +13,9 @@ from conftest import SUBPROCESS_TIMEOUT_S
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
+from lrt.backbone import tiny_tokenizer
 from lrt.config import validate_train
-from lrt.data.loading import load_train_val
+from lrt.data.datamodule import LRTDataModule
 from lrt.errors import ConfigError, DataError, NonFiniteLossError
 from lrt.reasoner import Reasoner, ReasonerConfig, load_reasoner
 
@@ -301,7 +302,8 @@ def test_a_copy_of_the_test_file_cannot_choose_checkpoints(compose_train, tmp_pa
         cfg.data.val = {"split": "test", "path": str(copy)}
     config = validate_train(cfg)  # a different file: the identity check passes
     with pytest.raises(ConfigError, match=r"data.val \(.*my_val.jsonl\) holds 3 of the test"):
-        load_train_val(config.data)
+        LRTDataModule(config.data, tiny_tokenizer(), None, 2).setup()
     config.data.allow_val_on_test = True
-    train, val = load_train_val(config.data)
-    assert len(val) == 8
+    data = LRTDataModule(config.data, tiny_tokenizer(), None, 2)
+    data.setup()
+    assert len(data.val_records) == 8

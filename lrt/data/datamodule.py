@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
 from lrt.data.collate import pad_answers, pad_prompts
-from lrt.data.loading import load_train_val, with_targets
+from lrt.data.loading import check_val_is_not_test, load_train_val, with_targets
 from lrt.data.prompt_limit import PromptLimit
 from lrt.data.prompts import PromptConfig, format_prompt, format_target
 from lrt.data.records import Record
@@ -110,6 +110,7 @@ class LRTDataModule(L.LightningDataModule):
             )
             for records, (key, split) in zip(load_train_val(self.data), splits.items(), strict=True)
         )
+        check_val_is_not_test(self.data, val)
         self.train_set = PromptDataset(train, self.tokenizer, self.prompt, self.system_prompt)
         self.val_set = PromptDataset(val, self.tokenizer, self.prompt, self.system_prompt)
         log.info("%s: %d train and %d validation records", self.task, len(train), len(val))

@@ -39,12 +39,6 @@ def load_train_val(data: DataConfig) -> tuple[list[Record], list[Record]]:
     """The training and validation records; with `val.from_train`, validation is a seeded
     slice of the whole training split (whatever `train.limit` is) and training the rest."""
     data.require_training_splits()
-    train_records, val_records = _train_val(data)
-    check_val_is_not_test(data, val_records)
-    return train_records, val_records
-
-
-def _train_val(data: DataConfig) -> tuple[list[Record], list[Record]]:
     assert data.train is not None and data.val is not None
     task, train, val = data.task, data.train, data.val
     on_error, options = data.on_error, data.options
@@ -66,7 +60,8 @@ def _train_val(data: DataConfig) -> tuple[list[Record], list[Record]]:
 def check_val_is_not_test(data: DataConfig, val: list[Record]) -> None:
     """Refuse validation records whose question text is a test question (validation chooses
     `reasoner/best`), whatever file or slice they came from; the whole test split is compared,
-    not only the `data.test.limit` questions a run reports on."""
+    not only the `data.test.limit` questions a run reports on. Called once the training and
+    validation records passed their own checks, so a bad training file is named first."""
     if data.test is None or data.allow_val_on_test:
         return
     test = load_split(data.task, replace(data.test, limit=None), data.on_error, data.options)
