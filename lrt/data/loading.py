@@ -64,7 +64,12 @@ def check_val_is_not_test(data: DataConfig, val: list[Record]) -> None:
     validation records passed their own checks, so a bad training file is named first."""
     if data.test is None or data.allow_val_on_test:
         return
-    test = load_split(data.task, replace(data.test, limit=None), data.on_error, data.options)
+    try:
+        test = load_split(data.task, replace(data.test, limit=None), data.on_error, data.options)
+    except DataError as err:
+        raise DataError(
+            f"data.test, read at start to keep its questions out of validation: {err}"
+        ) from None
     shared = shared_questions(val, test)
     if shared:
         assert data.val is not None
