@@ -48,9 +48,10 @@ class Generation:
     must agree, or the policy gradient is taken for a policy that did not sample."""
     answer_texts: list[str] | None = None
     """What is graded: the text after the thinking span's close marker (the forced one and
-    `force_answer` included), without the marker; "" for a row that never left its span (EOS
-    or the end of decoding inside it), since an answer written only in the thinking was never
-    given. Left None by a caller whose rows have no thinking span: then the whole `texts`."""
+    `force_answer` included), without the marker: an answer written only in the thinking was
+    never given (a row that ends inside its span is budget-forced there, and its answer is what
+    follows; "" if decoding stopped inside the span). Left None by a caller whose rows have no
+    thinking span: then the whole `texts`."""
     answer_start: list[int] | None = None
     """Per row, the index in `token_ids` where the answer begins: after the model's own close
     marker, at the forced close marker, or `len(token_ids)` when the span never closed (0 for
@@ -226,6 +227,12 @@ class Decoder:
             self.tokens[i].append(token)
             self.sampled_logps[i].append(float("nan"))
             return token
+        if sampled in self.lm.eos_ids and self.thinking[i]:
+            # The model ended inside its thinking span (a model without a thinking mode, whose
+            # markers are plain text, never writes the close marker): its thinking is over, so
+            # it is budget-forced here, and the answer it then gives is what is graded.
+            self._force_answer(i)
+            return self._step(i, sampled, logp, drawn_logp)
         self.tokens[i].append(sampled)
         self.sampled_logps[i].append(drawn_logp)
         if sampled in self.lm.eos_ids:
@@ -238,9 +245,7 @@ class Decoder:
                 self.thinking[i] = False
                 self.answer_start[i] = len(self.tokens[i])
             elif self.n_think[i] >= self.budget:
-                self.thinking[i] = False
-                self.answer_start[i] = len(self.tokens[i])
-                self.queue[i] = list(self.forced_ids)
+                self._force_answer(i)
         else:
             self.n_answer[i] += 1
             self.logp_sum[i] += logp
@@ -248,6 +253,13 @@ class Decoder:
                 self.done[i] = True
                 self.truncated[i] = True
         return sampled
+
+    def _force_answer(self, i: int) -> None:
+        """End row `i`'s thinking: the close marker and `force_answer` are fed next, and its
+        answer starts at the close marker."""
+        self.thinking[i] = False
+        self.answer_start[i] = len(self.tokens[i])
+        self.queue[i] = list(self.forced_ids)
 
 
 def positions(mask: torch.Tensor, start: int) -> torch.Tensor:

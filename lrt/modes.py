@@ -11,8 +11,9 @@ they differ only in what happens between the prompt and the answer:
   where it has one), then the answer: the natural baseline of a model without thinking;
 - `nothink`: an empty thinking span (Ma et al.'s NoThinking prefill inside it for models with
   a thinking mode, `model.nothink_prefill`), then the answer;
-- `cot`: explicit thinking for up to a token budget, then the answer (budget forcing),
-  graded on the text after the close marker only: an answer left in the thinking is none;
+- `cot`: explicit thinking for up to a token budget, then the answer (budget forcing, also
+  where the model ends inside its thinking), graded on the text after the close marker only:
+  an answer left in the thinking is none;
 - `hybrid`: `lrt`, and `cot` for the questions whose `lrt` answer is not confident;
 - `stir`: `cot` steered by a STIR library (`lrt/baselines/stir/`): asked like `cot`, in the
   model's default system line, with the same budget (an empty library decodes as `cot`).

@@ -58,6 +58,13 @@ def forced(lm: LatentLM, thinking: str, answer: str) -> list[int]:
     return think + [0] * len(ids(lm, lm.backbone.config.think_close + FORCE)) + ids(lm, answer)
 
 
+def ended(lm: LatentLM, thinking: str, answer: str) -> list[int]:
+    """`thinking`, then EOS inside the span: the forced close marker and answer prefix take that
+    step and the next ones (what is sampled there is ignored), then `answer`."""
+    steps = len(ids(lm, lm.backbone.config.think_close + FORCE))
+    return ids(lm, thinking) + [lm.eos_ids[0]] + [0] * (steps - 1) + ids(lm, answer)
+
+
 def plans(lm: LatentLM) -> dict[str, tuple[list[int], bool, str | None]]:
     """Script, whether it is graded correct (gold 42), and the answer extracted."""
     close = lm.backbone.config.think_close
@@ -68,7 +75,9 @@ def plans(lm: LatentLM) -> dict[str, tuple[list[int], bool, str | None]]:
         "forced, right after": (forced(lm, "so \\boxed{7} then", " 42"), True, "42"),
         "closed, boxed in thinking": (ids(lm, "\\boxed{42}" + close + "7"), False, "7"),
         "closed, right after": (ids(lm, "\\boxed{7}" + close + "42"), True, "42"),
-        "never closed": (ids(lm, "\\boxed{42}"), False, None),  # then EOS, inside the span
+        # Ended (EOS) inside the span: forced there; only what follows the marker counts.
+        "ended in thinking, nothing after": (ids(lm, "\\boxed{42}"), False, None),
+        "ended in thinking, right after": (ended(lm, "\\boxed{7}", " 42"), True, "42"),
     }
 
 
@@ -116,7 +125,7 @@ def test_the_generation_marks_where_the_answer_starts(tiny_lm: LatentLM, script:
     cases = {
         "forced": (forced(tiny_lm, "so \\boxed{42} then", " 7"), BUDGET, f"{FORCE} 7"),
         "closed": (ids(tiny_lm, "\\boxed{42}" + close + "7"), until_close, "7"),
-        "never closed": (ids(tiny_lm, "\\boxed{42}"), len("\\boxed{42}") + 1, ""),
+        "ended in thinking": (ids(tiny_lm, "\\boxed{42}"), len("\\boxed{42}"), FORCE),
     }
     for case, (tokens, start, text) in cases.items():
         script(tokens)
