@@ -147,3 +147,18 @@ def test_stir_mining_rewards_the_answer_not_the_thinking(
             t_max=BUDGET, eta=0.1, max_answer_tokens=8, delimiter="\n\n", seed=0,
         )  # fmt: skip
         assert rollout.correct == correct, case
+
+
+def test_stir_segments_end_in_the_thinking_of_a_row_forced_where_it_ended(
+    tiny_lm: LatentLM, script: Install
+) -> None:
+    """A row that ends inside its thinking is forced there: its segments end in its thinking,
+    never in the forced answer that follows (which holds a delimiter here)."""
+    thinking = "x\n\ny"
+    script(ended(tiny_lm, thinking, " 42\n\nz"))
+    [[rollout]] = sample_rollouts(
+        tiny_lm, "arith", [GOLD], [0], PromptConfig(), k=1, temperature=0.0, top_p=1.0,
+        t_max=BUDGET, eta=0.1, max_answer_tokens=8, delimiter="\n\n", seed=0,
+    )  # fmt: skip
+    assert rollout.correct
+    assert len(rollout.ends) == 1 and rollout.ends[0] < len(ids(tiny_lm, thinking))

@@ -119,8 +119,10 @@ def sample_rollouts(
             ids, made = gen.token_ids[j], gen.num_generated[j]
             forced = len(ids) - made - int(bool(ids) and ids[-1] in eos) > 0
             # Segments end only on tokens decoding goes on from unforced: not the token that
-            # hit the budget (forcing follows it), nor the last one (EOS or the answer limit).
-            usable = t_max - 1 if forced else len(ids) - 1
+            # hit the budget (forcing follows it), nor the last one (EOS or the answer limit),
+            # nor anything after a forced close (a row that ended inside its thinking is forced
+            # where it ended: its thinking is the tokens before its answer).
+            usable = min(gen.answer_start[j], t_max - 1) if forced else len(ids) - 1
             correct = grade(task, gen.answer_texts[j], record)  # not the thinking
             group.append(
                 Rollout(
