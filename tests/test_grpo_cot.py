@@ -31,7 +31,7 @@ COMPLETIONS = [
     "4 plus 8 is 12.\n</think>\n\nThe answer is 12.",  # correct
     "4 plus 8 is 13.\n</think>\n\nThe answer is 13.",  # wrong
     "\n</think>\n\nThe answer is 12.",  # correct
-    "Start with 4, add 8: that gives 12.",  # wrong: right inside the thinking, never answered
+    "Start with 4, add 8: that gives 11.",  # wrong: ended inside its thinking, graded whole
     "\n</think>\n\nThe answer is 7.",  # correct
     "9 - 2 = 7\n</think>\n\n9 - 2 = 7",  # correct
     "The answer is 7.\n</think>\n\nThe answer is 6.",  # wrong: only the answer is graded
@@ -63,10 +63,22 @@ def test_correctness_reward_is_the_graders_verdict() -> None:
     rewards = call(funcs[0])
     assert rewards == [1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
     expected = [
-        float(grade("arith", answer_part(c, CLOSE), RECORDS[i]))
-        for c, i in zip(COMPLETIONS, INDEX, strict=True)
+        float(grade("arith", answer_part(c, CLOSE, n < 100), RECORDS[i]))
+        for c, n, i in zip(COMPLETIONS, LENGTHS, INDEX, strict=True)
     ]
     assert rewards == expected
+
+
+def test_only_the_answer_is_rewarded_as_evaluation_grades_cot() -> None:
+    """After the close marker only; a completion that ended (EOS) inside its thinking is graded
+    whole, standing in for evaluation's forced answer; one cut at the length limit inside its
+    thinking never answered."""
+    funcs = reward_functions("arith", RECORDS, RewardSettings("none"), 100, CLOSE)
+    right_in_thinking = "4 + 8 = 12. The answer is 12."
+    texts = [right_in_thinking, right_in_thinking, "12\n</think>\n\nThe answer is 11."]
+    rewards = call(funcs[0], texts, [[1] * 40, [1] * 100, [1] * 40], [0, 0, 0])
+    assert rewards == [1.0, 0.0, 0.0]
+    assert answer_part("a\n</think>\n\nb", CLOSE, ended=False) == "\n\nb"
 
 
 def test_linear_length_penalty_charges_correct_completions_only() -> None:

@@ -30,13 +30,17 @@ def kimi_length_terms(
     return out
 
 
-def answer_part(completion: str, think_close: str) -> str:
-    """The text after the completion's first close marker: what evaluation grades in `cot`
-    (`Generation.answer_texts`). A completion that never closes its thinking has no answer,
-    so a number or `\\boxed{}` left inside the thinking earns no reward."""
-    marker = think_close.strip()
-    _, found, tail = completion.partition(marker)
-    return tail if found else ""
+def answer_part(completion: str, think_close: str, ended: bool) -> str:
+    """What evaluation grades in `cot` (`Generation.answer_texts`), as far as a finished
+    completion shows it: the text after its first close marker. A completion that `ended`
+    (EOS) inside its thinking is the one evaluation budget-forces where it ended and grades on
+    what it then answers, which TRL cannot ask for; its own text stands in (on arith the two
+    gave the same verdict on all 500 test questions). One cut at the length limit inside its
+    thinking never answered, so a number or `\\boxed{}` in its thinking earns nothing."""
+    _, found, tail = completion.partition(think_close.strip())
+    if found:
+        return tail
+    return completion if ended else ""
 
 
 def reward_functions(
@@ -54,23 +58,31 @@ def reward_functions(
     (`rewards/correctness/mean`) and the length term separately. The length function reuses
     the verdicts of the correctness call on the same completions instead of grading twice.
     Completions are thinking then answer (the prompt opens the span): only the answer after
-    `think_close` is graded, as evaluation grades `cot`.
+    `think_close` is graded, as evaluation grades `cot` (`answer_part`).
     """
     last: dict[str, Any] = {"completions": None, "verdicts": []}
 
-    def verdicts(completions: Sequence[str], record_index: Sequence[int]) -> list[bool]:
+    def verdicts(
+        completions: Sequence[str],
+        completion_ids: Sequence[Sequence[int]],
+        record_index: Sequence[int],
+    ) -> list[bool]:
         if completions is not last["completions"]:
             last["verdicts"] = [
-                grade(task, answer_part(text, think_close), records[int(i)])
-                for text, i in zip(completions, record_index, strict=True)
-            ]
+                grade(task, answer_part(text, think_close, len(ids) < max_completion_length),
+                      records[int(i)])
+                for text, ids, i in zip(completions, completion_ids, record_index, strict=True)
+            ]  # fmt: skip
             last["completions"] = completions
         return last["verdicts"]
 
     def correctness(
-        completions: Sequence[str], record_index: Sequence[int], **_: Any
+        completions: Sequence[str],
+        completion_ids: Sequence[Sequence[int]],
+        record_index: Sequence[int],
+        **_: Any,
     ) -> list[float]:
-        return [float(v) for v in verdicts(completions, record_index)]
+        return [float(v) for v in verdicts(completions, completion_ids, record_index)]
 
     funcs: list[RewardFunc] = [correctness]
     kind, coef = reward.length_penalty, reward.length_coef
@@ -83,7 +95,7 @@ def reward_functions(
         record_index: Sequence[int],
         **_: Any,
     ) -> list[float]:
-        correct = verdicts(completions, record_index)
+        correct = verdicts(completions, completion_ids, record_index)
         lengths = [len(ids) for ids in completion_ids]
         if kind == "linear":
             terms = [
