@@ -107,6 +107,25 @@ def test_latent_spread_is_zero_for_identical_latents_and_relative_otherwise() ->
     assert latent_spread(z[:1]) != latent_spread(z[:1])  # NaN for one question
 
 
+def test_sft_logs_the_spread_of_the_counted_latents_of_its_chunks() -> None:
+    """SFT reduces the spread as sums (so ranks share it without gathering the latents): in one
+    process it is `latent_spread` of the counted rows of all its micro-batches."""
+    from types import SimpleNamespace
+
+    from lrt.training.sft import SFTModule
+
+    torch.manual_seed(0)
+    chunks = [torch.randn(2, 3, 8), torch.randn(2, 3, 8)]
+    counted = torch.tensor([True, True, True, False])  # the last row is a rank's padding
+    module = SimpleNamespace(
+        _latents=chunks, all_sum=lambda v: torch.as_tensor(v, dtype=torch.float64)
+    )
+    got = SFTModule.batch_spread(module, counted)
+    assert got == pytest.approx(latent_spread(torch.cat(chunks)[:3]), rel=1e-6)
+    module._latents = [chunks[0][:1]]
+    assert SFTModule.batch_spread(module, counted[:1]) != got  # NaN for one question
+
+
 def test_swap_is_a_derangement_of_questions_that_keeps_samples_together() -> None:
     z = torch.arange(6.0).reshape(6, 1, 1)  # 3 questions x 2 samples
     assert swapped(z, samples=2).flatten().tolist() == [2, 3, 4, 5, 0, 1]

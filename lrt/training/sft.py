@@ -7,7 +7,6 @@ import time
 import torch
 
 from lrt.latent_lm import LatentLM
-from lrt.reasoner import latent_spread
 from lrt.training.base import StageModule
 from lrt.training.settings import SFTSettings
 
@@ -26,16 +25,17 @@ class SFTModule(StageModule):
         self._val_nll = torch.zeros(2, dtype=torch.float64)
         self._latents: list[torch.Tensor] = []
 
-    def answer_nll(self, batch: Batch) -> torch.Tensor:
-        """Summed negative log-likelihood of the batch's answer tokens; the latents are kept
-        for the log of their spread."""
+    def answer_nll(self, batch: Batch, keep_latents: bool = True) -> torch.Tensor:
+        """Summed negative log-likelihood of the batch's answer tokens; a training step keeps
+        the latents for the log of their spread (validation does not: they would stay in
+        memory until the next step)."""
         return self.lm.sft_loss(
             batch["input_ids"],
             batch["attention_mask"],
             batch["answer_ids"],
             batch["answer_mask"],
             reduction="sum",
-            on_latents=lambda z: self._latents.append(z.detach()),
+            on_latents=(lambda z: self._latents.append(z.detach())) if keep_latents else None,
         )
 
     def training_step(self, batch: Batch, batch_idx: int) -> None:
@@ -54,14 +54,18 @@ class SFTModule(StageModule):
         self.log("train/step_time_s", time.perf_counter() - started, batch_size=b)
 
     def batch_spread(self, counted: torch.Tensor) -> float:
-        """The latents' spread across the counted questions of the whole global batch, gathered
-        from every rank: what one process logs, where the mean of the ranks' (or micro-batches')
-        own spreads would depend on how the batch is cut (and is NaN for cuts of one question)."""
-        latents = self.all_gather(torch.cat(self._latents))
-        counted = self.all_gather(counted.to(latents.device))
-        if self.trainer.world_size > 1:  # [ranks, rows, ...] to [rows, ...]
-            latents, counted = latents.flatten(0, 1), counted.flatten(0, 1)
-        return latent_spread(latents[counted])
+        """`latent_spread` of the counted questions of the whole global batch: what one process
+        logs, where the mean of the ranks' (or micro-batches') own spreads would depend on how
+        the batch is cut (and is NaN for cuts of one question). Reduced as sums (the mean
+        latents, then the distances to them and the norms), not by gathering every latent."""
+        z = torch.cat(self._latents).float()[counted.to(self._latents[0].device)]
+        n = self.all_sum(float(z.shape[0]))
+        if n < 2:
+            return float("nan")
+        mean = (self.all_sum(z.sum(0)) / n).to(z.dtype)
+        sums = torch.stack([(z - mean).norm(dim=-1).sum(), z.norm(dim=-1).sum()])
+        spread, norm = self.all_sum(sums).tolist()
+        return spread / max(norm, 1e-12)
 
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()
@@ -71,7 +75,7 @@ class SFTModule(StageModule):
         """Teacher-forced answer loss, plus the greedy accuracy every stage reports."""
         counted = (batch["slot"] >= 0).unsqueeze(1)
         masked = {**batch, "answer_mask": batch["answer_mask"] * counted}
-        nll = self.answer_nll(masked)
+        nll = self.answer_nll(masked, keep_latents=False)
         self._val_nll += torch.tensor([float(nll), float(masked["answer_mask"].sum())])
         super().validation_step(batch, batch_idx)
 
