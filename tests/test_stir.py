@@ -269,7 +269,8 @@ def test_mining_and_evaluation_questions_never_overlap(
         train.run(compose_train(*TINY_STIR, f"run_dir={tmp_path}", "data.test.split=train"))
     records = load_split("arith", SplitConfig(split="test", limit=2))
     lm = LatentLM(tiny_backbone)
-    seen = Checkpoint("stir:x", tmp_path, lm, seen=frozenset({records[1].question}))
+    recased = " " + records[1].question.upper()  # the same question, compared as normalised text
+    seen = Checkpoint("stir:x", tmp_path, lm, seen=frozenset({recased}))
     with pytest.raises(ConfigError, match="built on 1 of task arith's evaluation questions"):
         refuse_seen([seen], {"arith": records})
     refuse_seen([Checkpoint("stir:y", tmp_path, lm)], {"arith": records})

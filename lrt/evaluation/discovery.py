@@ -21,6 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from lrt.adapter import META_NAME, adapter_label, find_adapter, merged_backbone
 from lrt.checkpoint import read_checkpoint
+from lrt.data.overlap import normalised
 from lrt.data.records import Record
 from lrt.errors import CheckpointError, ConfigError
 from lrt.latent_lm import LatentLM
@@ -152,8 +153,9 @@ class Checkpoint:
 def refuse_seen(checkpoints: Sequence[Checkpoint], tasks: Mapping[str, Sequence[Record]]) -> None:
     """Refuse to evaluate anything on questions it was trained or mined on (`Checkpoint.seen`)."""
     for ckpt in {id(c): c for c in checkpoints}.values():
+        seen = {normalised(q) for q in ckpt.seen}
         for task, records in tasks.items():
-            overlap = [r.question for r in records if r.question in ckpt.seen]
+            overlap = [r.question for r in records if normalised(r.question) in seen]
             if overlap:
                 raise ConfigError(
                     f"{ckpt.label} ({ckpt.path}) was built on {len(overlap)} of task {task}'s "

@@ -28,6 +28,7 @@ from lrt.baselines.stir.rollouts import contexts, gold_rollout, sample_rollouts
 from lrt.baselines.stir.selection import select_entries
 from lrt.baselines.stir.settings import STIRSettings
 from lrt.data.loading import load_split
+from lrt.data.overlap import shared_questions
 from lrt.data.records import Record
 from lrt.errors import ConfigError
 from lrt.evaluation.predict import mode_rows
@@ -51,8 +52,7 @@ def mining_records(config: TrainConfig) -> tuple[list[Record], list[Record]]:
         raise ConfigError("data.train and data.test read the same split: STIR mines on training")
     train = load_split(data.task, train_split, data.on_error, data.options)
     test = load_split(data.task, data.test, data.on_error, data.options) if data.test else []
-    seen = {r.question for r in train}
-    shared = [r for r in test if r.question in seen]
+    shared = shared_questions(test, train)
     if shared:
         raise ConfigError(
             f"data.train and data.test share {len(shared)} questions (e.g. {shared[0].id!r}): "
