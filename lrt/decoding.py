@@ -50,8 +50,8 @@ class Generation:
     """What is graded: the text after the thinking span's close marker (the forced one and
     `force_answer` included), without the marker: an answer written only in the thinking was
     never given (a row that ends inside its span is budget-forced there, and its answer is what
-    follows; "" if decoding stopped inside the span). Left None by a caller whose rows have no
-    thinking span: then the whole `texts`."""
+    follows). Left None by a caller whose rows have no thinking span: then the whole
+    `texts`."""
     answer_start: list[int] | None = None
     """Per row, the index in `token_ids` where the answer begins: after the model's own close
     marker, at the forced close marker, or `len(token_ids)` when the span never closed (0 for
