@@ -41,6 +41,20 @@ def test_chunked_logprobs_equal_the_full_log_softmax(temperature: float) -> None
     torch.testing.assert_close(g_chunked, g_full, atol=1e-5, rtol=0)
 
 
+def test_the_lm_head_sees_at_most_a_chunk_of_tokens_whatever_the_rows() -> None:
+    """Chunks are rows x positions: 8 answers of 6 tokens with chunks of 12 run the head on 12
+    tokens at a time (a chunk of positions would run it on 8 x 12 = 96 and grow with the
+    rows), giving the same values as one pass."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    seen: list[int] = []
+    head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[:-1].numel()))
+    hidden, targets = torch.randn(8, 6, 16), torch.randint(0, 50, (8, 6))
+    chunked = token_logprobs(head, hidden, targets, chunk=12)
+    assert max(seen) == 12 and sum(seen) == 48
+    torch.testing.assert_close(chunked, token_logprobs(head, hidden, targets, chunk=48))
+
+
 def lm_for(backbone: Backbone, **config) -> LatentLM:
     torch.manual_seed(0)
     reasoner = build_reasoner(
