@@ -31,17 +31,22 @@ Chunk = TypeVar("Chunk")
 def shard_stage(lm: LatentLM, mesh: DeviceMesh) -> None:
     """Shard the frozen base's decoder layers and the reasoner's blocks over `mesh` (FSDP2).
 
-    A function of its own so that a test can measure what this sharding saves on 2 ranks
-    without a Trainer. The base's embedding, final norm and LM head stay whole on every rank:
-    they are frozen (no gradient to reduce) and used outside the decoder's forward (the
-    thinking span's marker embeddings), which FSDP2 would only gather inside a sharded
-    module's forward.
+    Nothing above the base's layers is sharded, so each layer is an FSDP root, and FSDP2 by
+    default keeps a root's parameters gathered after its forward (for the backward it expects
+    at once): every rank would then hold the whole base, plus its shard, from forward to
+    backward. `reshard_after_forward=True` frees each layer's gathered weights after its
+    forward (backward gathers them again), so a rank holds its shard of the layers.
+
+    The base's embedding, final norm and LM head stay whole on every rank: they are frozen
+    (no gradient to reduce) and used outside the decoder's forward (the thinking span's
+    marker embeddings), which FSDP2 would only gather inside a sharded module's forward.
+    A function of its own so that a test can measure what this saves on 2 ranks.
     """
     from torch.distributed.fsdp import fully_shard
 
     assert lm.reasoner is not None
     for layer in lm.base.get_decoder().layers:
-        fully_shard(layer, mesh=mesh)
+        fully_shard(layer, mesh=mesh, reshard_after_forward=True)
     for block in lm.reasoner.shard_units():
         fully_shard(block, mesh=mesh)
     fully_shard(lm.reasoner, mesh=mesh)
