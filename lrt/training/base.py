@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import lightning as L
 import numpy as np
@@ -19,10 +19,37 @@ from lrt.reasoner import latent_spread
 from lrt.training.optim import configure
 from lrt.training.settings import StageSettings
 
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+
 log = logging.getLogger(__name__)
 
 BASE_PREFIX = "lm.base."
 Chunk = TypeVar("Chunk")
+
+
+def shard_stage(lm: LatentLM, mesh: DeviceMesh) -> None:
+    """Shard the frozen base's decoder layers and the reasoner's blocks over `mesh` (FSDP2).
+
+    Nothing above the base's layers is sharded, so each layer is an FSDP root, and FSDP2 by
+    default keeps a root's parameters gathered after its forward (for the backward it expects
+    at once): every rank would then hold the whole base, plus its shard, from forward to
+    backward. `reshard_after_forward=True` frees each layer's gathered weights after its
+    forward (backward gathers them again), so a rank holds its shard of the layers.
+
+    The base's embedding, final norm and LM head stay whole on every rank: they are frozen
+    (no gradient to reduce) and used outside the decoder's forward (the thinking span's
+    marker embeddings), which FSDP2 would only gather inside a sharded module's forward.
+    A function of its own so that a test can measure what this saves on 2 ranks.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    assert lm.reasoner is not None
+    for layer in lm.base.get_decoder().layers:
+        fully_shard(layer, mesh=mesh, reshard_after_forward=True)
+    for block in lm.reasoner.shard_units():
+        fully_shard(block, mesh=mesh)
+    fully_shard(lm.reasoner, mesh=mesh)
 
 
 class StageModule(L.LightningModule):
@@ -76,27 +103,15 @@ class StageModule(L.LightningModule):
         self._step_loss: torch.Tensor | None = None
 
     def configure_model(self) -> None:
-        """Under FSDP (Lightning's ModelParallelStrategy, i.e. PyTorch's FSDP2) shard the frozen
-        base's decoder layers and the reasoner's blocks over the data-parallel ranks.
-
-        The base's embedding, final norm and LM head stay whole on every rank: they are frozen
-        (no gradient to reduce) and used outside the decoder's forward (the thinking span's
-        marker embeddings), which FSDP2 would only gather inside a sharded module's forward.
-        """
+        """Under FSDP (Lightning's ModelParallelStrategy, i.e. PyTorch's FSDP2) shard the base and
+        the reasoner over the data-parallel ranks (`shard_stage`)."""
         mesh = self.device_mesh
         if mesh is None:
             return
-        from torch.distributed.fsdp import fully_shard
-
         # FSDP loads a checkpoint before `on_load_checkpoint` can put the base's weights back
         # into it: its strict check would count them as missing.
         self.strict_loading = False
-        dp = mesh["data_parallel"]
-        for layer in self.lm.base.get_decoder().layers:
-            fully_shard(layer, mesh=dp)
-        for block in self.reasoner.shard_units():
-            fully_shard(block, mesh=dp)
-        fully_shard(self.reasoner, mesh=dp)
+        shard_stage(self.lm, mesh["data_parallel"])
 
     @property
     def reasoner(self) -> torch.nn.Module:
