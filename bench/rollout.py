@@ -36,6 +36,7 @@ the ratio is conservative; `--trl-gradient-checkpointing` is TRL's default).
     python bench/rollout.py --skip-trl                        # part 1 and the latent step only
     python bench/rollout.py --skip-trl --exploration answer   # the paper's answer-token step
     python bench/rollout.py --model qwen3_1_7b_random         # on a GPU machine (bf16)
+    python bench/rollout.py --rollout-batch                   # rollout_batch_size all vs 1
 """
 
 from __future__ import annotations
@@ -286,6 +287,62 @@ def latent_main(args: argparse.Namespace) -> None:
     child_result(result)
 
 
+# --- rollout batch: one step's rollouts decoded together or a question at a time --------------
+
+
+def rollout_batch_main(args: argparse.Namespace) -> None:
+    """One GRPO step's rollouts (`pool.batch_rollouts` on the B questions, micro_batch_size 1,
+    as paper_grpo has it) with rollout_batch_size all (B x G rows a call) and 1 (G rows a
+    call): answer tokens per second of each, their ratio, and whether their tokens agree."""
+    from types import SimpleNamespace
+
+    from lrt.schema import typed
+    from lrt.training.grpo import GRPOModule
+    from lrt.training.pool import batch_rollouts
+    from lrt.training.settings import GRPOSettings
+
+    backbone = load(args.model, args.device)
+    lm = build_lm(args, backbone)
+    records, prompts = question_batch(backbone, args.questions)
+    ids, mask = lm.tokenize_prompts(prompts)
+    b = len(records)
+    batch = {"input_ids": ids.to(lm.device), "attention_mask": mask.to(lm.device),
+             "index": torch.arange(b), "slot": torch.arange(b)}  # fmt: skip
+    rows = {}
+    for size in (None, 1):
+        stage = stage_config(args) | {"micro_batch_size": 1, "rollout_batch_size": size}
+        module = GRPOModule(lm, TASK, typed(GRPOSettings, stage, "stage"))
+        module.trainer = SimpleNamespace(
+            datamodule=SimpleNamespace(train_records=records), world_size=1
+        )
+        seconds, rollouts = timed(lambda m=module: batch_rollouts(m, batch, 0), args.device,
+                                  args.repeats)  # fmt: skip
+        tokens = [t for r in rollouts for t in r.generation.token_ids]
+        rows["all" if size is None else str(size)] = {
+            "seconds": seconds,
+            "answer_tokens": sum(len(t) for t in tokens),
+            "tokens_per_s": sum(len(t) for t in tokens) / seconds,
+            "token_ids": tokens,
+        }
+    same = rows["all"].pop("token_ids") == rows["1"].pop("token_ids")
+    speedup = ratio(rows["all"]["tokens_per_s"], rows["1"]["tokens_per_s"])
+    print(
+        f"\nOne GRPO step's rollouts, {args.model} on {args.device}: B={b} x G={args.generations}, "
+        f"{args.exploration} exploration, answers <= {args.max_answer_tokens} tokens, "
+        f"micro_batch_size 1; median of {args.repeats} after a warm-up"
+    )
+    print(f"{'rollout_batch_size':>18} {'seconds':>8} {'tokens':>7} {'tokens/s':>9}")
+    for name, r in rows.items():
+        print(f"{name:>18} {r['seconds']:8.3f} {r['answer_tokens']:7d} {r['tokens_per_s']:9.1f}")
+    print(f"all over 1: {speedup:.2f}x; same tokens: {'yes' if same else 'NO'}")
+    write_json(
+        args.out,
+        "rollout_batch.json",
+        {"args": vars(args), "env": environment(args.device), "rows": rows,
+         "speedup": speedup, "same_tokens": same},
+    )  # fmt: skip
+
+
 # --- part 2b: one TRL GRPOTrainer step on explicit chain-of-thought ------------------------------
 
 
@@ -529,12 +586,19 @@ def main() -> None:
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--part", choices=["all", "latent", "trl"], default="all")
+    p.add_argument(
+        "--rollout-batch",
+        action="store_true",
+        help="only time one step's rollouts at rollout_batch_size all vs 1 (micro_batch_size 1)",
+    )
     args = p.parse_args()
     if args.temperature is None:
         args.temperature = 0.0 if args.exploration == "latent" else 1.0
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.part == "latent":
+    if args.rollout_batch:
+        rollout_batch_main(args)
+    elif args.part == "latent":
         latent_main(args)
     elif args.part == "trl":
         trl_main(args)

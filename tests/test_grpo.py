@@ -11,6 +11,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -34,6 +36,7 @@ from lrt.training.grpo_loss import (
     zero_std_groups,
 )
 from lrt.training.optim import OptimConfig
+from lrt.training.pool import batch_rollouts
 from lrt.training.settings import GRPOSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -328,6 +331,10 @@ def test_invalid_settings_name_their_key(compose_train) -> None:
         GRPOSettings(num_generations=1)
     with pytest.raises(ConfigError, match="stage.sigma_min_scale=0.5 must satisfy"):
         GRPOSettings(learn_sigma=True, sigma_min_scale=0.5)
+    with pytest.raises(ConfigError, match="stage.rollout_batch_size=0 must be a positive"):
+        GRPOSettings(rollout_batch_size=0)
+    with pytest.raises(ConfigError, match="stage.rollout_batch_size=3 must be a multiple of stage"):
+        GRPOSettings(rollout_batch_size=3, micro_batch_size=2)
     with pytest.raises(ConfigError, match="unknown key 'stage.sigma'"):
         typed(GRPOSettings, {"sigma": 0.3}, "stage")
     stage = OmegaConf.to_container(
@@ -345,6 +352,123 @@ def test_invalid_settings_name_their_key(compose_train) -> None:
     assert (settings.loss_type, settings.mask_truncated_completions) == ("dapo", True)
     with pytest.raises(ConfigError, match="stage.mask_truncated_completions: Value 'sometimes'"):
         typed(GRPOSettings, {"mask_truncated_completions": "sometimes"}, "stage")
+
+
+# --- rollout batches apart from the backward's micro-batches ----------------------------------
+
+STEP_RECORDS = [
+    *RECORDS,
+    Record("c", "Start with 12. Subtract 5. Multiply by 3. What is the result?", "21"),
+]
+
+
+def grpo_step(module: GRPOModule, monkeypatch: pytest.MonkeyPatch) -> tuple[list, list, Any]:
+    """One GRPO step's rollouts on the 3 `STEP_RECORDS` at global slots 5, 2, 7 (as
+    `training_step` draws them), the questions of each `rollout` call, and the step's loss
+    with the trainable parameters' gradients (as `optimizer_step_on` accumulates them). The
+    grader rewards answers of even length, so that the random model's groups differ."""
+    monkeypatch.setattr("lrt.training.grpo.grade", lambda task, text, record: len(text) % 2 == 0)
+    module.trainer = SimpleNamespace(
+        datamodule=SimpleNamespace(train_records=STEP_RECORDS), world_size=1
+    )
+    calls, real = [], module.rollout
+
+    def rollout(input_ids, attention_mask, records, slots, step):  # noqa: ANN001, ANN202
+        calls.append([r.id for r in records])
+        return real(input_ids, attention_mask, records, slots=slots, step=step)
+
+    monkeypatch.setattr(module, "rollout", rollout)
+    score = module.lm.answer_logprobs
+
+    def answer_logprobs(prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        passes.append(prefix.batch_size)
+        return score(prefix, *args, **kwargs)
+
+    passes: list[int] = []
+    monkeypatch.setattr(module.lm, "answer_logprobs", answer_logprobs)
+    texts = [
+        module.lm.tokenizer.apply_chat_template(
+            [{"role": "user", "content": r.question}], tokenize=False, add_generation_prompt=True
+        )
+        for r in STEP_RECORDS
+    ]
+    ids, mask = module.lm.tokenize_prompts(texts)
+    batch = {"input_ids": ids, "attention_mask": mask, "index": torch.arange(3),
+             "slot": torch.tensor([5, 2, 7])}  # fmt: skip
+    rollouts = batch_rollouts(module, batch, step=3)
+    units = sum(float(module.loss_units(r)) for r in rollouts)
+    module.zero_grad()
+    loss = sum(module.loss_sum(r)[0] for r in rollouts) / units
+    loss.backward()
+    # Every pass through the base scores one micro-batch (1 question x G answers), even where
+    # the rollout batch holds 3: the sampling and reference policies' scores included.
+    assert set(passes) <= {G}
+    grads = [p.grad.clone() for p in module.trainable_parameters()]
+    return rollouts, calls, (loss.detach(), grads)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"exploration": "answer", "temperature": 1.0},
+        {"exploration": "latent"},
+        {"exploration": "both", "temperature": 1.0, "beta": 0.1, "num_iterations": 2},
+    ],
+    ids=["answer", "latent", "both-kl-2-iterations"],
+)
+def test_rollout_batch_size_decodes_together_and_changes_nothing_else(
+    backbone: Backbone, monkeypatch: pytest.MonkeyPatch, settings: dict
+) -> None:
+    """With micro_batch_size 1 the step decodes its 3 questions in one call (x G rows), not one
+    call per micro-batch, and trains on per-question chunks exactly as if it had decoded them
+    one at a time (rollout_batch_size 1): same tokens and rewards (the randomness is keyed by
+    slot), same loss and gradients, each chunk's answers trimmed to its own longest."""
+    together, calls, (loss, grads) = grpo_step(
+        make_module(backbone, micro_batch_size=1, **settings), monkeypatch
+    )
+    alone, alone_calls, (alone_loss, alone_grads) = grpo_step(
+        make_module(backbone, micro_batch_size=1, rollout_batch_size=1, **settings), monkeypatch
+    )
+    assert calls == [["a", "b", "c"]] and alone_calls == [["a"], ["b"], ["c"]]
+    assert [r.prefix.batch_size for r in together] == [1, 1, 1]
+    for r, a in zip(together, alone, strict=True):
+        assert r.generation.token_ids == a.generation.token_ids
+        assert [x.id for x in r.records] == [x.id for x in a.records]
+        assert torch.equal(r.rewards, a.rewards) and torch.equal(r.mask, a.mask)
+        for name in ("latents", "advantages", "old_latent_logp", "old_answer_logp",
+                     "ref_answer_logp", "answer_ids"):  # fmt: skip
+            mine, theirs = getattr(r, name), getattr(a, name)
+            assert (mine is None) == (theirs is None), name
+            if mine is not None:
+                torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+        if r.answer_ids is not None:
+            assert r.answer_ids.shape[1] == max(len(t) for t in r.generation.token_ids)
+    assert len({tuple(t) for r in together for t in r.generation.token_ids}) > 1
+    torch.testing.assert_close(loss, alone_loss, atol=1e-5, rtol=1e-5)
+    assert any(float(g.abs().sum()) > 0 for g in grads)
+    for g, h in zip(grads, alone_grads, strict=True):
+        torch.testing.assert_close(g, h, atol=1e-5, rtol=1e-5)
+
+
+def test_split_pieces_own_their_cache_rows_and_answer_width(backbone: Backbone) -> None:
+    """A rollout split into questions stays whole (its cache keeps both rows), and a piece
+    whose answers are shorter than the batch's longest drops the empty answer columns from
+    every per-token field, the latent columns of `mask` kept."""
+    module = make_module(backbone, exploration="both", temperature=1.0)
+    whole = rollout(module)
+    whole.answer_mask[G:, 2:] = 0  # question 1's answers: 2 tokens
+    width = whole.answer_ids.shape[1]
+    first, second = whole.split(1, G)
+    assert whole.prefix.cache.layers[0].keys.shape[0] == 2 and whole.prefix.batch_size == 2
+    assert first.prefix.cache.layers[0].keys.shape[0] == 1
+    torch.testing.assert_close(
+        second.prefix.cache.layers[0].keys, whole.prefix.cache.layers[0].keys[1:]
+    )
+    k = module.reasoner.num_latents
+    assert first.answer_ids.shape[1] == width and first.mask.shape[1] == k + width
+    assert second.answer_ids.shape == (G, 2) and second.mask.shape == (G, k + 2)
+    assert second.drawn_answer_logp.shape == (G, 2)
+    assert torch.equal(second.mask, whole.mask[G:, : k + 2])
 
 
 # --- answer-token exploration (the paper's Algorithm 1) -----------------------------------------

@@ -220,3 +220,38 @@ def test_lrt_evaluated_with_latent_noise_samples_the_latents_reproducibly(
     assert any(len(set(texts)) > 1 for texts in noisy)
     assert answers(3.0) == noisy
     assert all(len(set(texts)) == 1 for texts in answers(0.0))
+
+
+def test_dynamic_sampling_decodes_rounds_whole_and_backpropagates_micro_batches(
+    backbone: Backbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With micro_batch_size 1 a round's 4 questions are decoded in one call, yet the loss
+    gets one chunk per question (a placeholder where none is kept, as every rank needs the
+    same passes), equal to decoding each question alone (rollout_batch_size 1)."""
+    steps = []
+    for rollout_batch_size in (None, 1):
+        settings = GRPOSettings(
+            batch_size=3,
+            num_generations=G,
+            max_answer_tokens=2,
+            micro_batch_size=1,
+            rollout_batch_size=rollout_batch_size,
+            dynamic_sampling=DynamicSamplingSettings(enabled=True, round_size=4, max_rounds=3),
+        )
+        module, rolled = pool_module(backbone, settings, monkeypatch)
+        rollouts, stats = pool_rollouts(module, step=5)
+        loss = sum(module.loss_sum(r)[0] for r in rollouts) / sum(
+            float(module.loss_units(r)) for r in rollouts
+        )
+        steps.append((rolled, rollouts, stats, loss))
+    (rolled, together, stats, loss), (rolled_alone, alone, stats_alone, loss_alone) = steps
+    assert rolled == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert rolled_alone == [[q] for q in range(8)] and stats == stats_alone
+    assert [bool(r.real.any()) for r in together] == [False, True, False, True] + [
+        False, True, False, False  # 7 is informative but beyond B=3
+    ]  # fmt: skip
+    for r, a in zip(together, alone, strict=True):
+        assert r.prefix.batch_size == 1 and r.generation.token_ids == a.generation.token_ids
+        assert torch.equal(r.advantages, a.advantages) and torch.equal(r.mask, a.mask)
+        torch.testing.assert_close(r.latents, a.latents, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss, loss_alone, atol=1e-5, rtol=1e-5)

@@ -16,12 +16,13 @@ What is sampled is `stage.exploration`:
   score-function estimate of the policy gradient through one source of randomness.
 
 Per batch of B questions: encode each prompt once, take the reasoner's means, draw G samples
-per question and decode all B*G answers in one batched call on the prompt cache expanded G
-times, grade them, and take `num_iterations` clipped-ratio optimiser steps on the same
-rollouts. `micro_batch_size` splits the B questions into chunks that are rolled out and
-back-propagated one at a time, accumulating gradients into one optimiser step (the loss is the
-mean of the chunks' losses, as TRL's gradient accumulation has it). The two sources of
-randomness are the policies of `lrt/training/policies.py`.
+per question and decode the B*G answers in batched calls on the prompt cache expanded G times
+(`rollout_batch_size` questions a call, default all), grade them, and take `num_iterations`
+clipped-ratio optimiser steps on the same rollouts. `micro_batch_size` splits the rollouts into
+chunks that are back-propagated one at a time, accumulating gradients into one optimiser step
+(the loss is the mean of the chunks' losses, as TRL's gradient accumulation has it). The
+randomness is keyed by each question's slot in the global batch, so the rollouts do not depend
+on either size. The two sources of randomness are the policies of `lrt/training/policies.py`.
 
 Step counting: `stage.max_steps` counts optimiser steps, which is what Lightning's
 `global_step` counts under manual optimisation and what TRL's `max_steps` means; a run therefore
@@ -53,7 +54,7 @@ from lrt.training.grpo_loss import (
     zero_std_groups,
 )
 from lrt.training.policies import AnswerTokenPolicy, LatentGaussianPolicy, Terms
-from lrt.training.pool import pool_rollouts
+from lrt.training.pool import batch_rollouts, pool_rollouts
 from lrt.training.rollout import Rollout
 from lrt.training.sampled_validation import SampledValidation
 from lrt.training.samples import log_samples
@@ -61,6 +62,11 @@ from lrt.training.settings import GRPOSettings
 from lrt.training.step_metrics import LossStats, step_metrics
 
 log = logging.getLogger(__name__)
+
+
+def pad(values: torch.Tensor, width: int) -> torch.Tensor:
+    """Per-token `values` [N, w] right-padded with zeros to `width` columns."""
+    return torch.nn.functional.pad(values, (0, width - values.shape[1]))
 
 
 class GRPOModule(SampledValidation, StageModule):
@@ -216,13 +222,28 @@ class GRPOModule(SampledValidation, StageModule):
                 drawn[i, : len(row)] = torch.tensor(row)
             rollout.drawn_answer_logp = drawn.to(mu.device)
             rollout.mask = torch.cat([rollout.mask, rollout.answer_mask.to(mu.dtype)], dim=1)
-            if s.num_iterations > 1:
-                rollout.old_answer_logp = answers.log_prob(prefix, z, ids, rollout.answer_mask)
-            if self.ref_reasoner is not None:
-                z_ref = self._latents(self.ref_reasoner, rollout)
-                rollout.ref_answer_logp = answers.log_prob(prefix, z_ref, ids, rollout.answer_mask)
+            if s.num_iterations > 1 or self.ref_reasoner is not None:
+                self._score_answers(rollout)
         rollout.mask = rollout.mask * rollout.loss_rows(s.mask_truncated_completions)[:, None]
         return rollout
+
+    def _score_answers(self, rollout: Rollout) -> None:
+        """The answers' log-probs under the sampling policy (more than one iteration) and the
+        reference reasoner (the KL), a micro-batch at a time: a rollout batch holds more rows
+        than one pass through the base may (paper_grpo: 128 questions x 8 answers of 2048)."""
+        assert self.answer_policy is not None and rollout.answer_ids is not None
+        log_prob, width = self.answer_policy.log_prob, rollout.answer_ids.shape[1]
+        old, ref = [], []
+        for piece in rollout.split(self.settings.micro_batch_size, self.settings.num_generations):
+            ids, mask = piece.answer_ids, piece.answer_mask
+            assert ids is not None and mask is not None
+            if self.settings.num_iterations > 1:
+                old.append(pad(log_prob(piece.prefix, piece.latents, ids, mask), width))
+            if self.ref_reasoner is not None:
+                z_ref = self._latents(self.ref_reasoner, piece)
+                ref.append(pad(log_prob(piece.prefix, z_ref, ids, mask), width))
+        rollout.old_answer_logp = torch.cat(old) if old else None
+        rollout.ref_answer_logp = torch.cat(ref) if ref else None
 
     # --- the objective -----------------------------------------------------------------------
 
@@ -306,33 +327,17 @@ class GRPOModule(SampledValidation, StageModule):
         total, stats = self.loss_sum(rollout)
         return total / self.loss_units(rollout).clamp(min=1).to(total.device), stats
 
-    def _chunks(self, batch: dict[str, torch.Tensor]) -> list[slice]:
-        """Question slices of `micro_batch_size` (one slice: the whole batch)."""
-        b = batch["input_ids"].shape[0]
-        size = self.settings.micro_batch_size or b
-        return [slice(i, min(i + size, b)) for i in range(0, b, size)]
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """Rollouts for the batch (chunk by chunk), then `num_iterations` optimiser steps on the
-        global mean of the loss over every chunk and rank."""
+        """Rollouts for the batch (in rollout batches, split into micro-batch chunks), then
+        `num_iterations` optimiser steps on the global mean of the loss over chunks and ranks."""
         s = self.settings
         started = time.perf_counter()
-        records = self.trainer.datamodule.train_records
         first_step = self.global_step
         pool: dict[str, float] = {}
         if s.uses_pool:  # the loader's batch only paces the steps; the pool picks the questions
             rollouts, pool = pool_rollouts(self, first_step)
         else:
-            rollouts = [
-                self.rollout(
-                    batch["input_ids"][c],
-                    batch["attention_mask"][c],
-                    [records[i] for i in batch["index"][c].tolist()],
-                    slots=batch["slot"][c],
-                    step=first_step,
-                )
-                for c in self._chunks(batch)
-            ]
+            rollouts = batch_rollouts(self, batch, first_step)
         units = self.all_sum(sum(float(self.loss_units(r)) for r in rollouts))
         g = s.num_generations
         trained = rollouts

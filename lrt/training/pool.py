@@ -1,10 +1,12 @@
-"""A GRPO step's rollouts drawn from a candidate pool: dynamic sampling and difficulty order.
+"""A GRPO step's rollouts: of the sampler's batch, or drawn from a candidate pool (dynamic
+sampling and difficulty order). Both decode `rollout_batch_size` questions at a time and hand
+the loss micro-batches of `micro_batch_size`.
 
 With plain GRPO a step rolls out the sampler's B questions, and on an easy or a hard task
 most groups score all-right or all-wrong: zero advantage, no signal. Here a step draws a pool
 of candidate questions (a pure function of (seed, step), like the plain batch), orders it by
 the questions' estimated pass rates when difficulty-aware selection is on (`difficulty.py`),
-and rolls it out round by round, every round a batch of many questions at once. With dynamic
+and rolls it out round by round, every round many questions at once. With dynamic
 sampling (DAPO) only informative groups (rewards not all equal) are kept, and the step stops
 at B of them or after `max_rounds` rounds; without it the one round is kept whole.
 
@@ -27,6 +29,27 @@ if TYPE_CHECKING:
     from lrt.training.grpo import GRPOModule
 
 
+def batch_rollouts(module: GRPOModule, batch: dict[str, torch.Tensor], step: int) -> list[Rollout]:
+    """The step's rollouts of the sampler's own batch: decoded `rollout_batch_size` questions
+    at a time, each rollout batch split into the micro-batches the loss passes take."""
+    s = module.settings
+    records = module.trainer.datamodule.train_records
+    b = batch["input_ids"].shape[0]
+    size = s.rollout_batch_size or b
+    rollouts = []
+    for i in range(0, b, size):
+        c = slice(i, i + size)
+        rollout = module.rollout(
+            batch["input_ids"][c],
+            batch["attention_mask"][c],
+            [records[j] for j in batch["index"][c].tolist()],
+            slots=batch["slot"][c],
+            step=step,
+        )
+        rollouts += rollout.split(s.micro_batch_size, s.num_generations)
+    return rollouts
+
+
 def pool_rollouts(module: GRPOModule, step: int) -> tuple[list[Rollout], dict[str, float]]:
     """The step's rollouts (chunks of rounds, masked to the kept groups) and what it cost:
     candidates rolled out, informative share, rounds used, groups kept."""
@@ -38,7 +61,7 @@ def pool_rollouts(module: GRPOModule, step: int) -> tuple[list[Rollout], dict[st
     if module.pass_rates is not None:
         candidates = module.pass_rates.order(candidates, step)
     width = -(-s.round_size // world)
-    micro = s.micro_batch_size or width
+    size, micro = s.rollout_batch_size or width, s.micro_batch_size or width
     kept: set[int] = set()
     rollouts: list[Rollout] = []
     outcomes: list[tuple[int, int, bool, float]] = []
@@ -50,22 +73,19 @@ def pool_rollouts(module: GRPOModule, step: int) -> tuple[list[Rollout], dict[st
         mine = shard(keyed, rank, world)
         # A rank one question short repeats one as padding, slot -1, which carries no loss.
         mine += [(-1, (mine or keyed)[-1][1])] * (width - len(mine))
-        chunks = []
-        for c in range(0, width, micro):
-            part = mine[c : c + micro]
+        chunks = []  # (questions, rollout) per micro-batch: what the loss passes take
+        for c in range(0, width, size):
+            part = mine[c : c + size]
             batch = data.collate_keys([(q, slot) for slot, q in part])
-            chunks.append(
-                (
-                    part,
-                    module.rollout(
-                        batch["input_ids"].to(module.lm.device),
-                        batch["attention_mask"].to(module.lm.device),
-                        [data.train_records[q] for _, q in part],
-                        slots=batch["slot"],
-                        step=step,
-                    ),
-                )
+            rollout = module.rollout(
+                batch["input_ids"].to(module.lm.device),
+                batch["attention_mask"].to(module.lm.device),
+                [data.train_records[q] for _, q in part],
+                slots=batch["slot"],
+                step=step,
             )
+            pieces = rollout.split(micro, g)
+            chunks += [(part[i * micro : (i + 1) * micro], r) for i, r in enumerate(pieces)]
         rounds += 1
         local = [
             (slot, q, not zero, float(rate))

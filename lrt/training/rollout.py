@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, fields
 
 import torch
@@ -9,6 +10,15 @@ import torch
 from lrt.data.records import Record
 from lrt.decoding import Generation
 from lrt.latent_lm import Prefix
+
+ANSWER_COLUMNS = (
+    "answer_ids",
+    "answer_mask",
+    "old_answer_logp",
+    "ref_answer_logp",
+    "drawn_answer_logp",
+)
+"""The fields of one column per answer token, [B*G, m] (`mask` ends with those columns)."""
 
 
 @dataclass
@@ -66,13 +76,46 @@ class Rollout:
         trains on rather than every candidate rolled out. The prefix's cache is narrowed in
         place, so this rollout is spent.
         """
-        rows = (questions.unsqueeze(1) * group_size + torch.arange(group_size)).reshape(-1)
-        picked = {}
+        return self._pick(
+            questions, group_size, self.prefix.select(questions.to(self.prefix.mask.device))
+        )
+
+    def split(self, size: int | None, group_size: int) -> list[Rollout]:
+        """The rollout in consecutive pieces of `size` questions (None: one piece, itself).
+
+        A rollout batch decodes many questions at once, the loss and its backward take a
+        micro-batch at a time; each piece holds its own copy of its questions' prompt-cache
+        rows (the loss forks it for answer exploration), and this rollout stays whole.
+        """
+        b = len(self.zero_std)
+        if size is None or size >= b:
+            return [self]
+        device = self.prefix.mask.device
+        pieces = []
+        for start in range(0, b, size):
+            questions = torch.arange(start, min(start + size, b), device=device)
+            cache = copy.copy(self.prefix.cache)
+            # Fresh layer objects: `batch_select_indices` rebinds their tensors, not ours.
+            cache.layers = [copy.copy(layer) for layer in cache.layers]
+            cache.batch_select_indices(questions)
+            prefix = self.prefix.rows_of(cache, lambda t, q=questions: t[q])
+            pieces.append(self._pick(questions, group_size, prefix))
+        return pieces
+
+    def _pick(self, questions: torch.Tensor, group_size: int, prefix: Prefix) -> Rollout:
+        """The `questions`' samples over `prefix` (already theirs), answer columns past their
+        longest answer dropped: a piece's passes through the base cost its own answers' length,
+        not the longest answer of the batch it was decoded in."""
+        rows = (questions.cpu().unsqueeze(1) * group_size + torch.arange(group_size)).reshape(-1)
+        drop = 0
+        if self.answer_mask is not None:
+            drop = self.answer_mask.shape[1] - int(self.answer_mask[rows].sum(1).max())
+        picked: dict[str, object] = {"prefix": prefix}
         for field in fields(self):
             value = getattr(self, field.name)
             if field.name == "prefix":
-                value = value.select(questions.to(value.mask.device))
-            elif field.name == "zero_std":
+                continue
+            if field.name == "zero_std":
                 value = value[questions.to(value.device)]
             elif field.name == "generation":
                 value = value.select(rows.tolist())
@@ -80,8 +123,10 @@ class Rollout:
                 value = [value[i] for i in rows.tolist()]
             elif value is not None:
                 value = value[rows.to(value.device)]
+                if field.name in ANSWER_COLUMNS or field.name == "mask":
+                    value = value[:, : value.shape[1] - drop]
             picked[field.name] = value
-        return Rollout(**picked)
+        return Rollout(**picked)  # type: ignore[arg-type]
 
     def keep_groups(self, keep: torch.Tensor, group_size: int) -> Rollout:
         """The rollout narrowed to the groups kept ([B] bool), so the loss passes cost only

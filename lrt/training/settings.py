@@ -130,6 +130,11 @@ class GRPOSettings(StageSettings):
     Z. `both`: Gaussian Z and sampled answers; the log-prob is the sum of the two terms."""
     num_generations: int = 8
     """G samples per question."""
+    rollout_batch_size: int | None = None
+    """Questions decoded together (times G rows) on a rank (null: its whole share of the batch,
+    or of a dynamic-sampling round): apart from `micro_batch_size`, so that a backward of one
+    question at a time does not also decode G rows at a time. Each rollout batch is then split
+    into micro-batches for the loss (the whole rollout batch when `micro_batch_size` is null)."""
     temperature: float = 0.0
     """Answer decoding: 0 is greedy; must be > 0 for `answer` and `both`."""
     top_p: float = 1.0
@@ -202,6 +207,16 @@ class GRPOSettings(StageSettings):
             ("latent_logprob", self.latent_logprob in LATENT_LOGPROBS,
              f"is not one of {LATENT_LOGPROBS}"),
         ]  # fmt: skip
+        rollout, micro = self.rollout_batch_size, self.micro_batch_size
+        if rollout is not None and not _positive(rollout):
+            raise ConfigError(
+                f"stage.rollout_batch_size={rollout} must be a positive integer or null"
+            )
+        if rollout is not None and micro is not None and rollout % micro:
+            raise ConfigError(
+                f"stage.rollout_batch_size={rollout} must be a multiple of "
+                f"stage.micro_batch_size={micro}"
+            )
         ds, df = self.dynamic_sampling, self.difficulty
         nested = [
             ("dynamic_sampling", "round_size", ds.round_size is None or _positive(ds.round_size),
