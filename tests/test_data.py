@@ -410,3 +410,50 @@ def test_validation_carved_from_train_is_seeded_and_disjoint(data_dir: Path) -> 
     assert [r.id for r in held_again] == [r.id for r in held] and len(kept_100) == 100
     other = load_train_val(data(seed=2))
     assert [r.id for r in other[1]] != [r.id for r in held]
+
+
+def test_max_target_tokens_cuts_long_targets_keeping_their_start_and_counts_them(
+    tiny_backbone, caplog
+) -> None:
+    """`data.max_target_tokens` bounds every trained target (EOS included): a longer one keeps
+    its first tokens and no EOS (it did not end there), a shorter one is untouched with its
+    EOS, and each split's log line says how many were cut."""
+    from lrt.data.datamodule import LRTDataModule
+    from lrt.data.prompts import PromptConfig
+    from lrt.data.settings import DataConfig, SplitConfig
+
+    tok = tiny_backbone.tokenizer
+
+    def module(cap: int | None) -> LRTDataModule:
+        data = DataConfig(
+            task="arith",
+            train=SplitConfig(split="train", limit=12),
+            val=SplitConfig(split="validation", limit=4),
+            prompt=PromptConfig(target="solution"),
+            max_target_tokens=cap,
+        )
+        dm = LRTDataModule(data, tok, None, batch_size=12)
+        dm.setup()
+        return dm
+
+    whole = module(None)
+    lengths = [len(tok(t, add_special_tokens=False).input_ids) for t in whole.train_set.targets]
+    cap = sorted(lengths)[len(lengths) // 2]  # cuts about half of them
+    assert min(lengths) < cap - 1 and max(lengths) > cap
+    with caplog.at_level(logging.INFO, logger="lrt.data.datamodule"):
+        capped = module(cap)
+    keys = [(i, i) for i in range(len(lengths))]
+    full, cut = whole.collate_keys(keys), capped.collate_keys(keys)
+    assert cut["answer_mask"].sum(1).max() == cap
+    for i, n in enumerate(lengths):
+        ids = full["answer_ids"][i, : full["answer_mask"][i].sum()]
+        got = cut["answer_ids"][i, : cut["answer_mask"][i].sum()]
+        if n + 1 <= cap:
+            assert got.tolist() == ids.tolist() and got[-1] == tok.eos_token_id
+        else:
+            assert got.tolist() == ids[:cap].tolist()  # the start, no EOS
+    expected = sum(n + 1 > cap for n in lengths)
+    assert f"data.train: {expected} of 12 targets cut to {cap} tokens" in caplog.text
+    assert "data.val: " in caplog.text and f"of 4 targets cut to {cap} tokens" in caplog.text
+    with pytest.raises(ConfigError, match=r"^data.max_target_tokens=0 must be a positive"):
+        DataConfig(max_target_tokens=0)

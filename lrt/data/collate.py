@@ -2,7 +2,8 @@
 
 Prompts are left-padded so every row's prompt ends at the same column and the thinking span
 and answer start together; answers are right-padded and end with EOS, so the model learns to
-stop.
+stop
+(unless `data.max_target_tokens` cut the answer: then it has no EOS, since it did not end there).
 """
 
 from __future__ import annotations
@@ -21,13 +22,23 @@ def pad_prompts(
 
 
 def pad_answers(
-    tokenizer: PreTrainedTokenizerBase, answers: list[str]
+    tokenizer: PreTrainedTokenizerBase, answers: list[str], max_tokens: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded answer ids with EOS appended, and their mask."""
+    """Right-padded answer ids with EOS appended, and their mask; `max_tokens` (EOS included)
+    cuts a longer answer to its first `max_tokens` ids, without EOS (`answer_fits`)."""
+    eos = tokenizer.eos_token_id
     rows = [
-        tokenizer(a, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for a in answers
+        ids + [eos] if answer_fits(len(ids), max_tokens) else ids[:max_tokens]
+        for ids in tokenizer(answers, add_special_tokens=False).input_ids
     ]
     return pad_token_rows(rows, tokenizer.pad_token_id)
+
+
+def answer_fits(length: int, max_tokens: int | None) -> bool:
+    """Whether an answer of `length` ids and its EOS fit in `max_tokens` (None: no limit). One
+    that does not is cut and loses its EOS: the model should learn to stop only where an answer
+    really ends, not where a cap cut it."""
+    return max_tokens is None or length < max_tokens
 
 
 def pad_token_rows(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

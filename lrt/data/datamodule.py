@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
-from lrt.data.collate import pad_answers, pad_prompts
+from lrt.data.collate import answer_fits, pad_answers, pad_prompts
 from lrt.data.loading import check_val_is_not_test, load_train_val, with_targets
 from lrt.data.prompt_limit import PromptLimit
 from lrt.data.prompts import PromptConfig, format_prompt, format_target
@@ -48,15 +48,19 @@ class PromptDataset(Dataset):
 
 
 class Collator:
-    """Pads a list of examples into the tensors `LatentLM.sft_loss` takes."""
+    """Pads a list of examples into the tensors `LatentLM.sft_loss` takes, each target cut to
+    `max_target_tokens` (`data.max_target_tokens`; None: whole)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, max_target_tokens: int | None = None
+    ) -> None:
         self.tokenizer = tokenizer
+        self.max_target_tokens = max_target_tokens
 
     def __call__(self, items: list[tuple[str, str, int, int]]) -> dict[str, torch.Tensor]:
         prompts, targets, index, slot = zip(*items, strict=True)
         input_ids, attention_mask = pad_prompts(self.tokenizer, list(prompts))
-        answer_ids, answer_mask = pad_answers(self.tokenizer, list(targets))
+        answer_ids, answer_mask = pad_answers(self.tokenizer, list(targets), self.max_target_tokens)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -114,6 +118,22 @@ class LRTDataModule(L.LightningDataModule):
         self.train_set = PromptDataset(train, self.tokenizer, self.prompt, self.system_prompt)
         self.val_set = PromptDataset(val, self.tokenizer, self.prompt, self.system_prompt)
         log.info("%s: %d train and %d validation records", self.task, len(train), len(val))
+        for key, dataset in (("train", self.train_set), ("val", self.val_set)):
+            self._report_cut_targets(f"data.{key}", dataset.targets)
+
+    def _report_cut_targets(self, where: str, targets: list[str]) -> None:
+        """One log line per split: how many targets `data.max_target_tokens` cuts, so that a cap
+        that cuts most answers (and so most of their ends) shows before training does."""
+        cap = self.data.max_target_tokens
+        if cap is None:
+            return
+        lengths = [len(ids) for ids in self.tokenizer(targets, add_special_tokens=False).input_ids]
+        cut = sum(not answer_fits(n, cap) for n in lengths)
+        log.info("%s: %d of %d targets cut to %d tokens", where, cut, len(targets), cap)
+
+    def collator(self) -> Collator:
+        """The batches of every loader: prompts and targets padded, targets within the cap."""
+        return Collator(self.tokenizer, self.data.max_target_tokens)
 
     @property
     def train_records(self) -> list[Record]:
@@ -139,9 +159,7 @@ class LRTDataModule(L.LightningDataModule):
             rank=trainer.global_rank,
             world_size=trainer.world_size,
         )
-        return StepDataLoader(
-            self.train_set, batch_sampler=sampler, collate_fn=Collator(self.tokenizer)
-        )
+        return StepDataLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collator())
 
     def pool(self, step: int, size: int) -> list[int]:
         """`size` candidate questions for `step` (GRPO's dynamic sampling and difficulty
@@ -152,7 +170,7 @@ class LRTDataModule(L.LightningDataModule):
     def collate_keys(self, keys: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
         """The batch of `(record index, slot)` keys, as the training loader would give it."""
         assert self.train_set is not None
-        return Collator(self.tokenizer)([self.train_set[k] for k in keys])
+        return self.collator()([self.train_set[k] for k in keys])
 
     def val_dataloader(self) -> DataLoader:
         """Rank r's shard of the validation split; the stage sums the counts over ranks."""
@@ -163,4 +181,4 @@ class LRTDataModule(L.LightningDataModule):
             self.trainer.global_rank,
             self.trainer.world_size,
         )
-        return DataLoader(self.val_set, batch_sampler=sampler, collate_fn=Collator(self.tokenizer))
+        return DataLoader(self.val_set, batch_sampler=sampler, collate_fn=self.collator())

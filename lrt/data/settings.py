@@ -108,6 +108,10 @@ class DataConfig:
     """Longest chat-templated prompt; null: what the model's context leaves room for."""
     on_long_prompt: str = "error"
     """`error`, or `truncate`: cut a longer question's start to fit (counted in a warning)."""
+    max_target_tokens: int | None = None
+    """Longest trained answer target, in tokens with its EOS (null: no limit): a longer one
+    keeps its first tokens and no EOS, counted per split in the log. A memory bound for long
+    targets (OpenR1's responses run to thousands of tokens); decoding budgets are separate."""
     prompt: PromptConfig = field(default_factory=PromptConfig)
     max_answer_tokens: int = 32
     """The one answer budget of every no-thinking mode and `lrt` (and of `cot`'s answer after
@@ -128,6 +132,11 @@ class DataConfig:
         if self.max_prompt_tokens is not None and self.max_prompt_tokens <= 0:
             raise ConfigError(
                 f"data.max_prompt_tokens={self.max_prompt_tokens} must be a positive integer "
+                "or null"
+            )
+        if self.max_target_tokens is not None and self.max_target_tokens <= 0:
+            raise ConfigError(
+                f"data.max_target_tokens={self.max_target_tokens} must be a positive integer "
                 "or null"
             )
         TASKS[self.task].check_options(self.options)

@@ -17,7 +17,8 @@ class SFTModule(StageModule):
     """Trains the reasoner only; validation reports teacher-forced loss and greedy accuracy.
 
     The loss is the mean negative log-likelihood over every answer token of the global batch,
-    whatever the number of ranks and `micro_batch_size` (questions per forward/backward pass).
+    whatever the number of ranks and `micro_batch_size` (questions per forward/backward pass;
+    the chunks group a rank's questions by answer length, `length_grouped_chunks`).
     """
 
     def __init__(self, lm: LatentLM, task: str, settings: SFTSettings, **run: int) -> None:
@@ -43,13 +44,13 @@ class SFTModule(StageModule):
         counted = (batch["slot"] >= 0).unsqueeze(1)  # padding rows of a rank's slice: no loss
         batch = {**batch, "answer_mask": batch["answer_mask"] * counted}
         b = batch["input_ids"].shape[0]
-        size = self.settings.micro_batch_size or b
-        chunks = [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, b, size)]
+        chunks = length_grouped_chunks(batch, self.settings.micro_batch_size or b)
         tokens = self.all_sum(batch["answer_mask"].sum())
         self._latents = []
         loss = self.optimizer_step_on(chunks, self.answer_nll, tokens)
         self.log("train/loss", float(loss), prog_bar=True, batch_size=b)  # global already
-        self.log("train/latent_spread", self.batch_spread(counted.squeeze(1)), batch_size=b)
+        counted = torch.cat([chunk["slot"] for chunk in chunks]) >= 0  # the latents' row order
+        self.log("train/latent_spread", self.batch_spread(counted), batch_size=b)
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=b)
         self.log("train/step_time_s", time.perf_counter() - started, batch_size=b)
 
@@ -84,3 +85,36 @@ class SFTModule(StageModule):
         if tokens:
             self.log("val/loss", nll / tokens, sync_dist=True)  # equal on every rank already
         super().on_validation_epoch_end()
+
+
+def length_grouped_chunks(batch: Batch, size: int) -> list[Batch]:
+    """The micro-batches of `size` questions of one step: the rows sorted by answer length,
+    then each chunk cut to its own longest prompt and answer (`trimmed`).
+
+    With answers from tens to thousands of tokens (OpenR1), a chunk of the batch's rows in
+    sampled order pads nearly every answer to the longest; grouped by length it pads far less.
+    Rows are independent and the step's loss is a sum over tokens divided by the global token
+    count, so the order and the cut leave the loss and its gradient unchanged. One chunk (no
+    micro-batches) is the batch as it came, which has nothing to regroup.
+    """
+    b = batch["input_ids"].shape[0]
+    if size >= b:
+        return [batch]
+    order = torch.argsort(batch["answer_mask"].sum(1), stable=True)
+    rows = {k: v[order] for k, v in batch.items()}
+    return [trimmed({k: v[i : i + size] for k, v in rows.items()}) for i in range(0, b, size)]
+
+
+def trimmed(chunk: Batch) -> Batch:
+    """`chunk` without the columns that are padding in all its rows: the prompts' first ones
+    (left-padded; positions come from the mask, so no row's positions change) and the answers'
+    last ones (right-padded; at least one column is kept, for a chunk with no counted token)."""
+    start = int(chunk["attention_mask"].any(0).int().argmax())
+    width = max(1, int(chunk["answer_mask"].sum(1).max()))
+    return {
+        **chunk,
+        "input_ids": chunk["input_ids"][:, start:],
+        "attention_mask": chunk["attention_mask"][:, start:],
+        "answer_ids": chunk["answer_ids"][:, :width],
+        "answer_mask": chunk["answer_mask"][:, :width],
+    }
