@@ -115,6 +115,9 @@ class Decoder:
         close = lm.backbone.config.think_close
         self.close_text = close.strip()
         self.forced_ids = lm._ids(close + force_answer).tolist()
+        self._may_close: dict[int, bool] = {}
+        """Per token id, whether its text holds the close marker's last character: only such a
+        token can complete the marker, so only then is the row's tail decoded and searched."""
         self.tokens: list[list[int]] = [[] for _ in range(batch_size)]
         self.queue: list[list[int]] = [[] for _ in range(batch_size)]
         self.n_think = [0] * batch_size
@@ -240,8 +243,7 @@ class Decoder:
             return sampled
         if self.thinking[i]:
             self.n_think[i] += 1
-            tail = self.lm.tokenizer.decode(self.tokens[i][-8:])
-            if self.close_text and self.close_text in tail:
+            if self.close_text and self._closes(i, sampled):
                 self.thinking[i] = False
                 self.answer_start[i] = len(self.tokens[i])
             elif self.n_think[i] >= self.budget:
@@ -253,6 +255,18 @@ class Decoder:
                 self.done[i] = True
                 self.truncated[i] = True
         return sampled
+
+    def _closes(self, i: int, token: int) -> bool:
+        """Whether `token` completed the close marker in row `i`'s last 8 tokens. The marker was
+        not in the tail before `token` (the row would have left its span), so an occurrence now
+        ends inside `token`'s text: a token without the marker's last character cannot close,
+        and the tail is decoded only for the few that can."""
+        may = self._may_close.get(token)
+        if may is None:
+            last = self.close_text[-1]  # a non-ASCII one may span tokens: always look
+            may = not last.isascii() or last in self.lm.tokenizer.decode([token])
+            self._may_close[token] = may
+        return may and self.close_text in self.lm.tokenizer.decode(self.tokens[i][-8:])
 
     def _force_answer(self, i: int) -> None:
         """End row `i`'s thinking: the close marker and `force_answer` are fed next, and its

@@ -160,3 +160,32 @@ def test_finished_rows_leave_the_batch_without_changing_any_answer(
     assert set(widths) == {3}
     assert pruned.token_ids == kept.token_ids and pruned.texts == kept.texts
     torch.testing.assert_close(pruned.mean_logprob, kept.mean_logprob, equal_nan=True)
+
+
+def test_close_detection_decodes_only_tails_a_token_could_have_closed(
+    tiny_lm: LatentLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cot` looks for the close marker in a row's tail only after a token holding the marker's
+    last character, and so leaves the span exactly where decoding every tail would (sampled
+    rows, so some tails hold `>`-bearing tokens)."""
+    prefix = tiny_lm.encode(*tiny_lm.tokenize_prompts(PROMPTS))
+    settings = {"max_answer_tokens": 4, "budget": 40, "temperature": 1.0}
+    tails: list[int] = []
+    decode = tiny_lm.tokenizer.decode
+
+    def counted(*args, **kwargs):
+        ids = args[0] if args else kwargs["token_ids"]
+        tails.append(len(ids) > 1)  # a tail (or the final texts), not one token's text
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_lm.tokenizer, "decode", counted)
+    fast = tiny_lm.generate(prefix, "cot", **settings)
+    thinking = sum(fast.answer_start)
+    assert sum(tails) < thinking / 4, (sum(tails), thinking)
+
+    def every_tail(self: Decoder, i: int, token: int) -> bool:
+        return self.close_text in self.lm.tokenizer.decode(self.tokens[i][-8:])
+
+    monkeypatch.setattr(Decoder, "_closes", every_tail)
+    slow = tiny_lm.generate(prefix, "cot", **settings)
+    assert (slow.token_ids, slow.answer_start) == (fast.token_ids, fast.answer_start)
