@@ -45,6 +45,15 @@ def tiny_backbone() -> Backbone:
     return load_backbone(backbone_config(OmegaConf.load(CONF / "model" / "tiny_random.yaml")))
 
 
+def latent_lm(backbone: Backbone, **reasoner: object) -> LatentLM:
+    """A small reasoner (K=2, width 32, one block; `reasoner` keys override), seeded, on
+    `backbone`: the same weights in every test and every process that builds it."""
+    torch.manual_seed(0)
+    config = {"num_latents": 2, "width": 32, "depth": 1, "heads": 4, **reasoner}
+    built = build_reasoner(config, backbone.name, backbone.hidden_size, backbone.embedding_rms())
+    return LatentLM(backbone, built)
+
+
 @pytest.fixture
 def tiny_lm(tiny_backbone: Backbone) -> LatentLM:
     """A fresh reasoner (K=4, width 32) on the shared tiny base."""

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SUBPROCESS_TIMEOUT_S
+from conftest import SUBPROCESS_TIMEOUT_S, latent_lm
 from omegaconf import OmegaConf
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from lrt.backbone import Backbone, backbone_config, load_backbone
+from lrt.backbone import backbone_config, load_backbone
 from lrt.latent_lm import LatentLM
-from lrt.reasoner import build_reasoner
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = 4
@@ -56,15 +55,7 @@ def tiny_lm() -> LatentLM:
     """The tiny random base with `LAYERS` layers and a small reasoner, the same on every rank."""
     raw = OmegaConf.load(ROOT / "conf" / "model" / "tiny_random.yaml")
     raw.random_config.num_hidden_layers = LAYERS
-    backbone: Backbone = load_backbone(backbone_config(raw))
-    torch.manual_seed(0)
-    reasoner = build_reasoner(
-        {"num_latents": 2, "width": 32, "depth": 1, "heads": 4},
-        backbone.name,
-        backbone.hidden_size,
-        backbone.embedding_rms(),
-    )
-    return LatentLM(backbone, reasoner)
+    return latent_lm(load_backbone(backbone_config(raw)))
 
 
 def rank_main(rank: int, port: int) -> None:

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import latent_lm
 from transformers import PreTrainedTokenizerBase
 
 from lrt.backbone import Backbone, BackboneConfig, load_backbone
@@ -16,9 +17,7 @@ from lrt.data.prompts import PromptConfig
 from lrt.data.records import Record
 from lrt.data.tasks import load_task
 from lrt.evaluation.predict import predict
-from lrt.latent_lm import LatentLM
 from lrt.modes import DecodeConfig
-from lrt.reasoner import build_reasoner
 from lrt.training.difficulty import PassRates
 from lrt.training.grpo import GRPOModule
 from lrt.training.grpo_loss import gaussian_kl, gaussian_logprob
@@ -85,14 +84,7 @@ def pool_module(
     each of its rollouts was given. Only the grader is replaced: question q's group is
     informative iff q is odd (its first sample right, its second wrong), else all wrong; a
     rollout grades its rows in order, a question's G samples consecutive."""
-    torch.manual_seed(0)
-    reasoner = build_reasoner(
-        {"num_latents": 2, "width": 32, "depth": 1, "heads": 4},
-        backbone.name,
-        backbone.hidden_size,
-        backbone.embedding_rms(),
-    )
-    module = GRPOModule(LatentLM(backbone, reasoner), "arith", settings)
+    module = GRPOModule(latent_lm(backbone), "arith", settings)
     data = PoolData(module.lm.tokenizer)
     module.trainer = SimpleNamespace(datamodule=data, global_rank=0, world_size=1)
     calls = itertools.count()
@@ -201,14 +193,7 @@ def test_lrt_evaluated_with_latent_noise_samples_the_latents_reproducibly(
 ) -> None:
     """`pass_at_k.latent_noise` scores the policy latent GRPO trains: greedy answers from
     mu + sigma * eps, a different eps per sample and the same one on every call."""
-    torch.manual_seed(0)
-    reasoner = build_reasoner(
-        {"num_latents": 4, "width": 32, "depth": 1, "heads": 4},
-        backbone.name,
-        backbone.hidden_size,
-        backbone.embedding_rms(),
-    )
-    lm = LatentLM(backbone, reasoner)
+    lm = latent_lm(backbone, num_latents=4)
     records = load_task("arith", "test", limit=3)
 
     def answers(noise: float) -> list[list[str]]:

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import latent_lm
 
 from lrt.backbone import Backbone, load_backbone
 from lrt.data.prompts import PromptConfig
@@ -17,7 +18,6 @@ from lrt.evaluation.predict import predict, predict_modes
 from lrt.latent_lm import LatentLM
 from lrt.logprobs import token_logprobs
 from lrt.modes import DecodeConfig
-from lrt.reasoner import build_reasoner
 
 PROMPTS = [
     "<|im_start|>user\nStart with 4. Add 13.<|im_end|>\n<|im_start|>assistant\n",
@@ -55,17 +55,6 @@ def test_the_lm_head_sees_at_most_a_chunk_of_tokens_whatever_the_rows() -> None:
     torch.testing.assert_close(chunked, token_logprobs(head, hidden, targets, chunk=48))
 
 
-def lm_for(backbone: Backbone, **config) -> LatentLM:
-    torch.manual_seed(0)
-    reasoner = build_reasoner(
-        {"num_latents": 3, "width": 32, "depth": 1, "heads": 4, **config},
-        backbone.name,
-        backbone.hidden_size,
-        backbone.embedding_rms(),
-    )
-    return LatentLM(backbone, reasoner)
-
-
 def reasoner_grads(lm: LatentLM, loss) -> list[torch.Tensor]:
     return torch.autograd.grad(loss, list(lm.reasoner.parameters()), allow_unused=True)
 
@@ -74,7 +63,7 @@ def test_activation_checkpointing_leaves_the_gradients_unchanged(tiny_backbone: 
     """SFT's loss and the answer log-probs GRPO back-propagates (through the base into Z, on
     the prompt's cache) have the same gradients with the base's layers recomputed; and they
     are recomputed (else the equalities would hold with checkpointing silently off)."""
-    plain = lm_for(tiny_backbone)
+    plain = latent_lm(tiny_backbone, num_latents=3)
     config = replace(tiny_backbone.config, activation_checkpointing=True)
     copied = load_backbone(config)  # a second copy of the same weights, checkpointed
     checkpointed = LatentLM(copied, plain.reasoner)
@@ -112,7 +101,7 @@ def test_activation_checkpointing_leaves_the_gradients_unchanged(tiny_backbone: 
 def test_encode_keeps_the_source_layer_as_output_hidden_states_would(
     tiny_backbone: Backbone, source_layer: int
 ) -> None:
-    lm = lm_for(tiny_backbone, source_layer=source_layer)
+    lm = latent_lm(tiny_backbone, num_latents=3, source_layer=source_layer)
     ids, mask = lm.tokenize_prompts(PROMPTS)
     prefix = lm.encode(ids, mask)
     with torch.no_grad():
