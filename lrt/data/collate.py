@@ -2,8 +2,8 @@
 
 Prompts are left-padded so every row's prompt ends at the same column and the thinking span
 and answer start together; answers are right-padded and end with EOS, so the model learns to
-stop
-(unless `data.max_target_tokens` cut the answer: then it has no EOS, since it did not end there).
+stop (unless `data.max_target_tokens` cut the answer: then it has no EOS, since it did not end
+there).
 """
 
 from __future__ import annotations
