@@ -57,12 +57,14 @@ class Prefix:
         return self.mask.shape[0]
 
     def fork(self, repeats: int = 1) -> Prefix:
-        """A copy whose cache can be extended freely; each row repeated `repeats` times.
+        """A prefix whose cache can be extended freely; each row repeated `repeats` times.
 
-        Decoding appends to a KV cache in place, so every pass over the suffix gets its own copy
-        of the (small) prefix cache instead of re-encoding the prompt.
+        Decoding appends to a KV cache, so every pass over the suffix gets its own cache
+        instead of re-encoding the prompt. The fork shares the prompt's keys and values
+        (`shared_cache`): copying them per fork cost a whole prompt cache per decode and per
+        GRPO pass, gigabytes at paper scale. Repeated rows are allocated once, by the repeat.
         """
-        cache = copy.deepcopy(self.cache)
+        cache = shared_cache(self.cache)
         if repeats > 1:
             cache.batch_repeat_interleave(repeats)
 
@@ -70,6 +72,13 @@ class Prefix:
             return t.repeat_interleave(repeats, dim=0) if repeats > 1 else t
 
         return self.rows_of(cache, rep)
+
+    def rows(self, index: torch.Tensor) -> Prefix:
+        """The prefix of the rows in `index` (in that order), this one left whole: only the
+        rows taken are copied."""
+        cache = shared_cache(self.cache)
+        cache.batch_select_indices(index)
+        return self.rows_of(cache, lambda t: t[index])
 
     def select(self, rows: torch.Tensor) -> Prefix:
         """The prefix of `rows` only. The cache is narrowed in place (no copy of the keys and
@@ -88,6 +97,20 @@ class Prefix:
             self.opened,
             reason,
         )
+
+
+def shared_cache(cache: DynamicCache) -> DynamicCache:
+    """A cache over the same key/value tensors with its own layer objects.
+
+    transformers' dynamic layers never write into their tensors: they append by concatenation
+    and select or repeat rows by indexing, each of which binds the layer to a new tensor. A
+    copy of the layer objects is therefore as independent as a deep copy, at no cost, for
+    every user that only appends (a writer in place, like STIR's steered re-feed, writes only
+    positions it appended itself).
+    """
+    out = copy.copy(cache)
+    out.layers = [copy.copy(layer) for layer in cache.layers]
+    return out
 
 
 @contextmanager

@@ -7,7 +7,6 @@ prints when it ends, decoded in shards under data parallelism.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -88,14 +87,6 @@ def batch_starts(n: int, batch_size: int, modes: Sequence[str]) -> list[int]:
     return starts
 
 
-def select_rows(prefix: Prefix, rows: Sequence[int]) -> Prefix:
-    """A prefix holding only `rows` (its own cache copy), so hybrid re-uses the prompt encode."""
-    index = torch.tensor(rows, device=prefix.mask.device)
-    cache = copy.deepcopy(prefix.cache)
-    cache.batch_select_indices(index)
-    return prefix.rows_of(cache, lambda t: t[index])
-
-
 LATENT_MODES = ("lrt", "lrt-swap")
 """The modes that decode with the reasoner's latents of the batch (`hybrid` computes its own)."""
 
@@ -146,7 +137,8 @@ def decode(
     # Written as "not >=" so a NaN confidence (no answer tokens to score) also goes to cot.
     low = [i for i, a in enumerate(answers) if not a.confidence >= settings.hybrid_threshold]
     if low:
-        redone = run(select_rows(prefix, low), "cot", noise.select(torch.tensor(low)), "cot")
+        rows = torch.tensor(low, device=prefix.mask.device)
+        redone = run(prefix.rows(rows), "cot", noise.select(torch.tensor(low)), "cot")
         for i, again in zip(low, redone, strict=True):
             # The latent attempt was paid for too, so its cost counts; the gate's input stays.
             first = answers[i]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, fields
 
 import torch
@@ -94,11 +93,7 @@ class Rollout:
         pieces = []
         for start in range(0, b, size):
             questions = torch.arange(start, min(start + size, b), device=device)
-            cache = copy.copy(self.prefix.cache)
-            # Fresh layer objects: `batch_select_indices` rebinds their tensors, not ours.
-            cache.layers = [copy.copy(layer) for layer in cache.layers]
-            cache.batch_select_indices(questions)
-            prefix = self.prefix.rows_of(cache, lambda t, q=questions: t[q])
+            prefix = self.prefix.rows(questions)
             pieces.append(self._pick(questions, group_size, prefix))
         return pieces
 
