@@ -5,7 +5,9 @@ Back-propagating answer log-probs into the latents runs the frozen base with aut
 memory. transformers' gradient checkpointing cannot be used: it only runs in train mode, and
 it drops the cache (a recomputed layer would otherwise append its keys a second time). Here
 each decoder layer's forward is recomputed in the backward pass from a snapshot of its cache
-layer taken before the forward, so the replay sees exactly the cache the forward saw.
+layer taken before the forward, so the replay sees exactly the cache the forward saw. A
+checkpointed pass leaves the cache as it found it: what the pass appended is dropped as soon
+as it has been read (a caller that needs the extended cache runs without gradients).
 """
 
 from __future__ import annotations
@@ -39,9 +41,17 @@ def enable(model: nn.Module) -> None:
             saved = dict(vars(cache_layer)) if cache_layer is not None else None
 
             def run(*inputs: Any) -> Any:
-                if cache_layer is not None:  # the replay starts from the forward's cache
+                if cache_layer is None:
+                    return _original(*inputs, **kwargs)
+                vars(cache_layer).update(saved)  # the replay starts from the forward's cache
+                try:
+                    return _original(*inputs, **kwargs)
+                finally:
+                    # The keys and values appended have been read: held by the cache until the
+                    # pass is freed they would cost what checkpointing saves (per token, every
+                    # layer's K and V), so the layer drops them once the forward and again
+                    # once the replay has run; autograd keeps what the layer's backward needs.
                     vars(cache_layer).update(saved)
-                return _original(*inputs, **kwargs)
 
             return checkpoint(run, *args, use_reentrant=False)
 
