@@ -37,6 +37,7 @@ from lrt.training.grpo_loss import (
 )
 from lrt.training.optim import OptimConfig
 from lrt.training.pool import batch_rollouts
+from lrt.training.rollout import Rollout
 from lrt.training.settings import GRPOSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +93,10 @@ def prompts(lm: LatentLM) -> list[str]:
 
 
 def rollout(module: GRPOModule):
-    return module.rollout(*module.lm.tokenize_prompts(prompts(module.lm)), RECORDS)
+    """A scored rollout of `RECORDS`, as the training step's pieces are."""
+    ro = module.rollout(*module.lm.tokenize_prompts(prompts(module.lm)), RECORDS)
+    module.score_answers(ro)
+    return ro
 
 
 # --- pure functions ----------------------------------------------------------------------------
@@ -448,6 +452,30 @@ def test_rollout_batch_size_decodes_together_and_changes_nothing_else(
     assert any(float(g.abs().sum()) > 0 for g in grads)
     for g, h in zip(grads, alone_grads, strict=True):
         torch.testing.assert_close(g, h, atol=1e-5, rtol=1e-5)
+
+
+def test_a_rollout_batch_copies_each_questions_prompt_cache_once(
+    backbone: Backbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decoded 3 questions at once and trained a question at a time, with a reference policy
+    and 2 iterations to score: the micro-batch pieces are cut once, their prompt-cache rows
+    copied once for the scoring passes and the loss alike (they were cut twice)."""
+    cuts: list[int] = []
+    pick = Rollout._pick
+
+    def counted(rollout: Rollout, questions: torch.Tensor, *args: Any) -> Rollout:
+        cuts.append(len(questions))  # each piece copies its questions' prompt-cache rows
+        return pick(rollout, questions, *args)
+
+    module = make_module(
+        backbone, micro_batch_size=1, exploration="both", temperature=1.0, beta=0.1,
+        num_iterations=2,
+    )  # fmt: skip
+    monkeypatch.setattr(Rollout, "_pick", counted)
+    rollouts, calls, _ = grpo_step(module, monkeypatch)
+    assert calls == [["a", "b", "c"]]
+    assert cuts == [1, 1, 1]
+    assert all(r.old_answer_logp is not None and r.ref_answer_logp is not None for r in rollouts)
 
 
 def test_split_pieces_own_their_cache_rows_and_answer_width(backbone: Backbone) -> None:

@@ -139,3 +139,44 @@ def test_modes_share_one_encode_per_prompt_and_answer_as_if_alone(
     for mode in modes:
         assert [p.id for p in shared[mode]] == [r.id for r in records]
         assert [p.text for p in shared[mode]] == [p.text for p in alone[mode]]
+
+
+def test_forks_share_the_prompt_cache_and_leave_it_whole(tiny_lm: LatentLM) -> None:
+    """A fork, a repeated fork and a row subset hold no copy of the prompt's keys (the fork
+    shares them; the repeat and the subset allocate only their own rows), and decoding on or
+    extending any of them leaves the prefix as it was."""
+    ids, mask = tiny_lm.tokenize_prompts(PROMPTS)
+    prefix = tiny_lm.encode(ids, mask)
+    keys = [layer.keys for layer in prefix.cache.layers]
+    before = [k.clone() for k in keys]
+    fork = prefix.fork()
+    assert all(a.keys is b for a, b in zip(fork.cache.layers, keys, strict=True))
+    first = tiny_lm.generate(prefix, "nothink", max_answer_tokens=3)
+    repeated, one = prefix.fork(3), prefix.rows(torch.tensor([1]))
+    tiny_lm.answer_logprobs(repeated, None, *tiny_lm.tokenize_answers(ANSWERS * 3))
+    tiny_lm.answer_logprobs(one, None, *tiny_lm.tokenize_answers(ANSWERS[1:]))
+    assert [layer.keys for layer in prefix.cache.layers] == keys  # the same tensors, unchanged
+    for k, b in zip(keys, before, strict=True):
+        assert torch.equal(k, b)
+    assert tiny_lm.generate(prefix, "nothink", max_answer_tokens=3).token_ids == first.token_ids
+    assert torch.equal(one.mask, prefix.mask[1:])
+
+
+def test_a_checkpointed_pass_drops_the_keys_it_appended(tiny_backbone: Backbone) -> None:
+    """Under checkpointing the span's and answer's keys and values are dropped from the cache
+    once read, after the forward and after each layer's replay: kept, every layer's K and V
+    of every answer token would live until the pass is freed, as much as checkpointing saves.
+    The gradients are those of the unchanged pass (test above)."""
+    config = replace(tiny_backbone.config, activation_checkpointing=True)
+    lm = latent_lm(load_backbone(config), num_latents=3)
+    ids, mask = lm.tokenize_prompts(PROMPTS)
+    prefix = lm.encode(ids, mask)
+    fork = prefix.fork(2)
+    ans, ans_mask = lm.tokenize_answers(ANSWERS * 2)
+    z = lm.reason(prefix).repeat_interleave(2, 0)
+    logp = lm.answer_logprobs(fork, z, ans, ans_mask)
+    lengths = {layer.keys.shape[-2] for layer in fork.cache.layers}
+    assert lengths == {ids.shape[1]}  # after the forward: the prompt's keys only
+    logp.sum().backward()
+    lengths = {layer.keys.shape[-2] for layer in fork.cache.layers}
+    assert lengths == {ids.shape[1]}  # after every replay too

@@ -64,11 +64,6 @@ from lrt.training.step_metrics import LossStats, step_metrics
 log = logging.getLogger(__name__)
 
 
-def pad(values: torch.Tensor, width: int) -> torch.Tensor:
-    """Per-token `values` [N, w] right-padded with zeros to `width` columns."""
-    return torch.nn.functional.pad(values, (0, width - values.shape[1]))
-
-
 class GRPOModule(SampledValidation, StageModule):
     """Trains the reasoner's means (and optionally sigma) with group-relative policy gradients."""
 
@@ -222,28 +217,29 @@ class GRPOModule(SampledValidation, StageModule):
                 drawn[i, : len(row)] = torch.tensor(row)
             rollout.drawn_answer_logp = drawn.to(mu.device)
             rollout.mask = torch.cat([rollout.mask, rollout.answer_mask.to(mu.dtype)], dim=1)
-            if s.num_iterations > 1 or self.ref_reasoner is not None:
-                self._score_answers(rollout)
         rollout.mask = rollout.mask * rollout.loss_rows(s.mask_truncated_completions)[:, None]
         return rollout
 
-    def _score_answers(self, rollout: Rollout) -> None:
+    def score_answers(self, rollout: Rollout) -> None:
         """The answers' log-probs under the sampling policy (more than one iteration) and the
-        reference reasoner (the KL), a micro-batch at a time: a rollout batch holds more rows
-        than one pass through the base may (paper_grpo: 128 questions x 8 answers of 2048)."""
-        assert self.answer_policy is not None and rollout.answer_ids is not None
-        log_prob, width = self.answer_policy.log_prob, rollout.answer_ids.shape[1]
-        old, ref = [], []
-        for piece in rollout.split(self.settings.micro_batch_size, self.settings.num_generations):
-            ids, mask = piece.answer_ids, piece.answer_mask
-            assert ids is not None and mask is not None
-            if self.settings.num_iterations > 1:
-                old.append(pad(log_prob(piece.prefix, piece.latents, ids, mask), width))
-            if self.ref_reasoner is not None:
-                z_ref = self._latents(self.ref_reasoner, piece)
-                ref.append(pad(log_prob(piece.prefix, z_ref, ids, mask), width))
-        rollout.old_answer_logp = torch.cat(old) if old else None
-        rollout.ref_answer_logp = torch.cat(ref) if ref else None
+        reference reasoner (the KL), before any optimiser step of this batch.
+
+        Called on the micro-batch pieces the loss will take, after dynamic sampling kept its
+        groups: a rollout batch holds more rows than one pass through the base may (paper_grpo:
+        128 questions x 8 answers of 2048), and the pieces' prompt-cache rows are copied once,
+        for these passes and the loss's alike, with no pass spent on discarded groups.
+        """
+        s = self.settings
+        if self.answer_policy is None or (s.num_iterations == 1 and self.ref_reasoner is None):
+            return
+        ids, mask = rollout.answer_ids, rollout.answer_mask
+        assert ids is not None and mask is not None
+        log_prob = self.answer_policy.log_prob
+        if s.num_iterations > 1:
+            rollout.old_answer_logp = log_prob(rollout.prefix, rollout.latents, ids, mask)
+        if self.ref_reasoner is not None:
+            z_ref = self._latents(self.ref_reasoner, rollout)
+            rollout.ref_answer_logp = log_prob(rollout.prefix, z_ref, ids, mask)
 
     # --- the objective -----------------------------------------------------------------------
 

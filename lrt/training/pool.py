@@ -47,6 +47,8 @@ def batch_rollouts(module: GRPOModule, batch: dict[str, torch.Tensor], step: int
             step=step,
         )
         rollouts += rollout.split(s.micro_batch_size, s.num_generations)
+    for piece in rollouts:
+        module.score_answers(piece)
     return rollouts
 
 
@@ -107,11 +109,14 @@ def pool_rollouts(module: GRPOModule, step: int) -> tuple[list[Rollout], dict[st
             for part, r in chunks
         ]
         if any(slot in kept for slot, *_ in seen):
+            for _, r in chunks:
+                module.score_answers(r)
             rollouts += [r for _, r in chunks]
         if s.dynamic_sampling.enabled and len(kept) >= s.batch_size:
             break
     if not rollouts:  # no informative group at all: a step with zero gradient
         rollouts = [chunks[-1][1]]
+        module.score_answers(rollouts[0])
     if module.pass_rates is not None:
         module.pass_rates.update([q for _, q, _, _ in outcomes], [p for *_, p in outcomes], step)
     stats = {
