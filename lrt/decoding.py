@@ -20,6 +20,13 @@ if TYPE_CHECKING:
     from lrt.latent_lm import LatentLM
 
 
+SYNC_EVERY = {"cuda": 16}
+"""Decode steps between the host's looks at which rows have stopped, by device type (1 for
+the others), once every row is answering: on a GPU a look waits for the device and, across
+data-parallel ranks, for an all-reduce (`all_done`); finished rows then decode up to 15 steps
+more. On a CPU a look costs nothing and is taken every step."""
+
+
 @dataclass
 class Generation:
     """Decoded continuations, one per row."""
@@ -95,6 +102,10 @@ class Decoder:
 
     prunes: ClassVar[bool] = True
     """Drop finished rows from the cache; a subclass that indexes rows itself sets False."""
+    host_steps: ClassVar[bool] = False
+    """Run `_step` on the host for every token, answers included; a subclass that follows
+    the answer tokens row by row sets True. Otherwise, once no row is thinking, the answer
+    tokens are counted on the device (`AnswerRows`)."""
 
     def __init__(
         self,
@@ -115,6 +126,9 @@ class Decoder:
         close = lm.backbone.config.think_close
         self.close_text = close.strip()
         self.forced_ids = lm._ids(close + force_answer).tolist()
+        self.close_id = lm.tokenizer.get_added_vocab().get(self.close_text)
+        """The marker's id when the tokenizer holds it as one added token (Qwen3's and
+        DeepSeek-R1's `</think>`): that token is how the model closes, matched by id."""
         self._may_close: dict[int, bool] = {}
         """Per token id, whether its text holds the close marker's last character: only such a
         token can complete the marker, so only then is the row's tail decoded and searched."""
@@ -145,37 +159,53 @@ class Decoder:
         start = mask.shape[1]
         full = torch.cat([mask, mask.new_ones(self.b, max_steps)], dim=1)
         live = list(range(self.b))  # the rows that `cache`, `full` and `logits` still hold
+        index = torch.arange(self.b, device=full.device)  # the same rows, on the device
+        every = SYNC_EVERY.get(full.device.type, 1)
+        answering: AnswerRows | None = None
         first_token_at = 0.0
         for t in range(max_steps):
-            u = noise.uniform(t)[live] if noise is not None and temperature > 0 else None
+            u = noise.uniform(t)[index] if noise is not None and temperature > 0 else None
             sampled = sample_tokens(logits, temperature, top_p, u)
             # log p of the chosen token without a full log-softmax: its logit minus logsumexp.
             picked = logits.gather(-1, sampled[:, None]).squeeze(-1)
-            rows = [sampled.to(logits.dtype), picked - logits.logsumexp(-1)]
-            if temperature > 0:  # and under the distribution it was drawn from
-                rows.append(picked / temperature - (logits / temperature).logsumexp(-1))
-            # One transfer to the host per step: the tokens and their log-probs together.
-            host = torch.stack(rows).cpu()
+            logp = picked - logits.logsumexp(-1)
+            drawn = logp  # and under the distribution it was drawn from:
+            if temperature > 0:
+                drawn = picked / temperature - (logits / temperature).logsumexp(-1)
+            if answering is None and not (self.host_steps or any(self.thinking) or any(self.queue)):
+                answering = AnswerRows.start(self, max_steps - t, full.device)
+            look = (t + 1) % every == 0  # every rank looks at the same steps
+            if answering is None:
+                # One transfer to the host per step: the tokens and their log-probs together.
+                host = torch.stack([sampled.to(logits.dtype), logp, drawn]).cpu()
+                tokens, logps, drawns = host[0].long().tolist(), host[1].tolist(), host[2].tolist()
+                next_ids = [
+                    self._step(i, tokens[j], logps[j], drawns[j]) for j, i in enumerate(live)
+                ]
+                ids = torch.tensor(next_ids, device=full.device)
+                stopped = [self.done[i] for i in live]
+            else:
+                # Answer tokens are counted on the device; the host looks every `every` steps.
+                ids = answering.step(index, sampled, logp, drawn)
+                stopped = answering.done[index].tolist() if look or t == 0 else None
             if t == 0:
                 first_token_at = time.perf_counter()
-            tokens, logps = host[0].long().tolist(), host[1].tolist()
-            drawn = host[2].tolist() if temperature > 0 else logps
-            next_ids = [self._step(i, tokens[j], logps[j], drawn[j]) for j, i in enumerate(live)]
-            done = all(self.done)
-            if all_done(done) if all_done is not None else done:
-                break
-            kept = [j for j, i in enumerate(live) if not self.done[i]]
-            if self.prunes and kept and len(kept) < len(live):
-                # Finished rows leave the batch: later steps cost what the rows still
-                # decoding cost (a rank with none left keeps its rows for `all_done`'s steps).
-                index = torch.tensor(kept, device=full.device)
-                cache.batch_select_indices(index)
-                full = full[index]
-                live = [live[j] for j in kept]
-                next_ids = [next_ids[j] for j in kept]
-            ids = torch.tensor(next_ids, device=full.device).unsqueeze(1)
+            if stopped is not None:
+                done = all(stopped)  # the rows pruned earlier had stopped
+                if all_done is None and done or look and all_done is not None and all_done(done):
+                    break
+                kept = [j for j, stop in enumerate(stopped) if not stop]
+                if self.prunes and kept and len(kept) < len(live):
+                    # Finished rows leave the batch: later steps cost what the rows still
+                    # decoding cost (a rank with none left keeps its rows for `all_done`).
+                    keep = torch.tensor(kept, device=full.device)
+                    cache.batch_select_indices(keep)
+                    full, index, ids = full[keep], index[keep], ids[keep]
+                    live = [live[j] for j in kept]
             mask = full[:, : start + t + 1]
-            logits = self._advance(ids, mask, cache)
+            logits = self._advance(ids.unsqueeze(1), mask, cache)
+        if answering is not None:
+            answering.finish(self)
         for i in range(self.b):
             if not self.done[i]:
                 self.truncated[i] = True
@@ -204,6 +234,7 @@ class Decoder:
             first_token_at=first_token_at,
             sampled_logprobs=self.sampled_logps if temperature > 0 else None,
         )
+
 
     def _advance(self, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
         """Feed one token per row on top of `cache` (extended in place); the next logits.
@@ -260,7 +291,10 @@ class Decoder:
         """Whether `token` completed the close marker in row `i`'s last 8 tokens. The marker was
         not in the tail before `token` (the row would have left its span), so an occurrence now
         ends inside `token`'s text: a token without the marker's last character cannot close,
-        and the tail is decoded only for the few that can."""
+        and the tail is decoded only for the few that can. A marker that is one added token is
+        matched by its id, with no text decoded."""
+        if self.close_id is not None:
+            return token == self.close_id
         may = self._may_close.get(token)
         if may is None:
             last = self.close_text[-1]  # a non-ASCII one may span tokens: always look
@@ -274,6 +308,74 @@ class Decoder:
         self.thinking[i] = False
         self.answer_start[i] = len(self.tokens[i])
         self.queue[i] = list(self.forced_ids)
+
+
+@dataclass
+class AnswerRows:
+    """`Decoder._step` for rows past their thinking, every row at once on the device.
+
+    An answer token needs no host decision: EOS or the budget stops a row, its token and
+    log-probs are recorded, a finished row is fed padding. Keeping that on the device spares
+    the per-token transfer, and the per-row Python, that a thinking row's close-marker check
+    and budget forcing need (at paper scale, 1024 rows x 2048 answer tokens per rollout).
+    """
+
+    tokens: torch.Tensor
+    """[b, steps + 1]: each row's tokens from `start` on (a finished row writes past its end)."""
+    drawn: torch.Tensor
+    length: torch.Tensor
+    done: torch.Tensor
+    truncated: torch.Tensor
+    n_answer: torch.Tensor
+    logp_sum: torch.Tensor
+    eos: torch.Tensor
+    pad: int
+    max_answer: int
+
+    @classmethod
+    def start(cls, decoder: Decoder, steps: int, device: torch.device) -> AnswerRows:
+        """The device state from the decoder's host state (rows forced or closed earlier)."""
+        b = decoder.b
+        return cls(
+            tokens=torch.zeros(b, steps + 1, dtype=torch.long, device=device),
+            drawn=torch.zeros(b, steps + 1, device=device),
+            length=torch.zeros(b, dtype=torch.long, device=device),
+            done=torch.tensor(decoder.done, device=device),
+            truncated=torch.tensor(decoder.truncated, device=device),
+            n_answer=torch.tensor(decoder.n_answer, device=device),
+            logp_sum=decoder.logp_sum.to(device),
+            eos=torch.tensor(sorted(decoder.lm.eos_ids), dtype=torch.long, device=device),
+            pad=decoder.lm.tokenizer.pad_token_id,
+            max_answer=decoder.max_answer,
+        )
+
+    def step(
+        self, rows: torch.Tensor, sampled: torch.Tensor, logp: torch.Tensor, drawn: torch.Tensor
+    ) -> torch.Tensor:
+        """Record the tokens sampled for `rows`; the ids fed next (padding for finished rows)."""
+        active = ~self.done[rows]
+        at = self.length[rows]
+        self.tokens[rows, at] = sampled
+        self.drawn[rows, at] = drawn.float()
+        self.length[rows] = at + active
+        answer = active & ~torch.isin(sampled, self.eos)
+        n_answer = self.n_answer[rows] + answer
+        self.n_answer[rows] = n_answer
+        self.logp_sum[rows] += torch.where(answer, logp.float(), 0.0)
+        cut = answer & (n_answer >= self.max_answer)
+        self.truncated[rows] |= cut
+        self.done[rows] = ~active | ~answer | cut
+        return torch.where(active, sampled, self.pad)
+
+    def finish(self, decoder: Decoder) -> None:
+        """Hand the rows' tokens and counts back to `decoder`'s host state, in one transfer."""
+        width = int(self.length.max())
+        tokens, drawn = self.tokens[:, :width].tolist(), self.drawn[:, :width].tolist()
+        for i, n in enumerate(self.length.tolist()):
+            decoder.tokens[i] += tokens[i][:n]
+            decoder.sampled_logps[i] += drawn[i][:n]
+        decoder.done, decoder.truncated = self.done.tolist(), self.truncated.tolist()
+        decoder.n_answer, decoder.logp_sum = self.n_answer.tolist(), self.logp_sum.cpu()
 
 
 def positions(mask: torch.Tensor, start: int) -> torch.Tensor:

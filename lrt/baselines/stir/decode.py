@@ -93,6 +93,7 @@ class SteeredDecoder(Decoder):
     """`cot`'s decoder with STIR's Retrieve-Preview-Commit at segment boundaries."""
 
     prunes = False  # its per-row state (segments, probes, recomputes) indexes the whole batch
+    host_steps = True  # and follows every row's tokens on the host, the forced answer's too
 
     def __init__(
         self, lm: SteeredLM, batch_size: int, budget: int, max_answer: int, force_answer: str
