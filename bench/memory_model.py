@@ -181,12 +181,15 @@ def backward_pass(
     b, e, s = u.base, u.dtype_bytes, u.markers + u.latents + answer
     t = prefix_tokens + s
     per_layer = rows * (s * saved_per_token(b, e) + t * attention_kv(b, e) + s * t * e)
+    cache = b.layers * rows * kv_bytes(b, e)
     terms = {
-        "prompt cache (fork, or checkpoint snapshots)": b.layers * rows * prefix_tokens * kv_bytes(b, e),
-        "extended cache [prompt+span+answer]": b.layers * rows * t * kv_bytes(b, e),
+        "prompt cache (fork, or checkpoint snapshots)": cache * prefix_tokens,
+        "extended cache [prompt+span+answer]": cache * t,
         "attention mask (bool)": rows * s * t,
-        "decoder output + final norm + flat answer states": rows * (s * b.hidden * (e + 4) + answer * b.hidden * e),
-    }  # fmt: skip
+        "decoder output + final norm + flat answer states": rows
+        * b.hidden
+        * (s * (e + 4) + answer * e),
+    }
     if u.checkpointing:
         terms["checkpointed layer inputs"] = b.layers * rows * s * b.hidden * e
         layer_ws = per_layer + rows * s * 2 * e * (b.intermediate + b.hidden)
@@ -214,9 +217,11 @@ def reasoner_activations(u: Setup, rows: int) -> dict[str, float]:
 def forward_ws(s: Shape, e: int, rows: int, queries: int, keys: int) -> float:
     """One layer's no-grad forward transient: MLP gate/up/product, residual and norm, q and
     output, repeat_kv's keys and values (prefill only) and SDPA's float mask."""
-    per_query = 3 * e * s.intermediate + 2 * e * s.hidden + 4 * s.hidden + 2 * e * s.heads * s.head_dim
+    per_query = (
+        3 * e * s.intermediate + 2 * e * s.hidden + 4 * s.hidden + 2 * e * s.heads * s.head_dim
+    )
     repeat = keys * attention_kv(s, e) if queries > 1 else 0
-    return rows * (queries * per_query + repeat + queries * keys * e)  # fmt: skip
+    return rows * (queries * per_query + repeat + queries * keys * e)
 
 
 def persistent(u: Setup, n: int, strategy: str) -> dict[str, float]:
@@ -511,7 +516,8 @@ def measure_case(args: Any, step: str, checkpointing: bool, chunk: int) -> dict[
 def check(args: Any) -> dict[str, Any]:
     rows = []
     for step, checkpointing, chunk in CASES:
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--case", f"{step},{int(checkpointing)},{chunk}"]  # fmt: skip
+        case = f"{step},{int(checkpointing)},{chunk}"
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--case", case]
         # Every block of 64 KiB or more gets its own mapping, returned to the kernel when freed:
         # otherwise glibc keeps freed tensors in its heap and RSS counts memory no longer used.
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
