@@ -210,8 +210,8 @@ def reasoner_activations(u: Setup, rows: int) -> dict[str, float]:
         return {}
     e = 2 if u.autocast else 4
     k = u.latents
-    per_token = saved_per_token(u.body, e, trainable=True) + k * attention_kv(u.body, e)
-    return {"reasoner activations": rows * k * u.body.layers * per_token}
+    per_layer = k * (saved_per_token(u.body, e, trainable=True) + attention_kv(u.body, e))
+    return {"reasoner activations": rows * u.body.layers * per_layer}
 
 
 def forward_ws(s: Shape, e: int, rows: int, queries: int, keys: int) -> float:
@@ -353,10 +353,9 @@ def gpus_needed(u: Setup, strategy: str, usable: float) -> int | None:
     return next((n for n in GPU_COUNTS if predict(u, n, strategy)["total"] <= usable), None)
 
 
-def suggestion(u: Setup, usable: float) -> str | None:
-    """When nothing fits on 8 GPUs (fsdp): the largest rollout_batch_size (GRPO) or
+def suggestion(u: Setup, usable: float, n: int, strategy: str) -> str | None:
+    """When the config does not fit on `n` GPUs: the largest rollout_batch_size (GRPO) or
     micro_batch_size below today's that would fit there; None when no knob is enough."""
-    n = GPU_COUNTS[-1]
     share = -(-u.batch // n)
     knobs = [("rollout_batch_size", "rollout", u.rollout or share)] if u.stage == "grpo" else []
     knobs.append(("micro_batch_size", "micro", u.micro))
@@ -367,7 +366,7 @@ def suggestion(u: Setup, usable: float) -> str | None:
                 trial = replace(trial, rollout=share)
             if u.stage == "grpo" and (trial.rollout or share) % trial.micro:
                 continue
-            if predict(trial, n, "fsdp")["total"] <= usable:
+            if predict(trial, n, strategy)["total"] <= usable:
                 return f"lower stage.{key} to {value}"
     return None
 
@@ -412,9 +411,12 @@ def table(args: Any) -> dict[str, Any]:
                     "peak_phase": {n: p["peak_phase"] for n, p in totals.items()},
                     "gpus_needed": need,
                 }
-            if gpus_needed(u, "fsdp", usable) is None:
-                row["suggestion"] = suggestion(u, usable) or "no knob fits: shorten answers"
-                print(f"   does not fit at 8: {row['suggestion']}")
+            row["suggestions"] = {}
+            for n, strategy in ((1, "ddp"), (8, "ddp"), (8, "fsdp")):
+                if predict(u, n, strategy)["total"] > usable:
+                    fix = suggestion(u, usable, n, strategy) or "no knob fits: shorten answers"
+                    row["suggestions"][f"{strategy}@{n}"] = fix
+                    print(f"   does not fit at N={n} ({strategy}): {fix}")
             row["terms_n1"] = one
             rows.append(row)
     return {"gpu_gb": args.gpu_gb, "headroom": args.headroom, "rows": rows}
