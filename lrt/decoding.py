@@ -235,7 +235,6 @@ class Decoder:
             sampled_logprobs=self.sampled_logps if temperature > 0 else None,
         )
 
-
     def _advance(self, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
         """Feed one token per row on top of `cache` (extended in place); the next logits.
 

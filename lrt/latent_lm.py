@@ -13,7 +13,7 @@ import copy
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -37,16 +37,33 @@ class Prefix:
 
     cache: DynamicCache
     mask: torch.Tensor
-    hidden: torch.Tensor
-    last_logits: torch.Tensor
-    """Next-token logits after the prompt: where decoding starts when the prompt itself
-    already ends with the thinking span's opening marker (`opened`)."""
+    prompt_states: torch.Tensor
+    """The reasoner's input states, one row per prompt (see `hidden`)."""
+    prompt_logits: torch.Tensor
+    """Next-token logits after each prompt (see `last_logits`)."""
     opened: bool = False
     """Whether the chat template already opened the thinking span (DeepSeek-R1-Distill's
     generation prompt ends with `<think>\n`): then no mode adds the marker a second time."""
     reason_mask: torch.Tensor | None = None
     """The positions of `hidden` the reasoner reads (`reasoner.attend`): the question's own
     tokens, or the whole prompt (`mask`) when None."""
+    repeats: int = 1
+    """Rows of the cache per row of `prompt_states` and `prompt_logits`: a fork repeats those
+    two only when they are read (GRPO's G-fold forks never read them)."""
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        """The reasoner's input states, one row per cache row."""
+        return self._per_row(self.prompt_states)
+
+    @property
+    def last_logits(self) -> torch.Tensor:
+        """Next-token logits after the prompt: where decoding starts when the prompt itself
+        already ends with the thinking span's opening marker (`opened`)."""
+        return self._per_row(self.prompt_logits)
+
+    def _per_row(self, t: torch.Tensor) -> torch.Tensor:
+        return t.repeat_interleave(self.repeats, dim=0) if self.repeats > 1 else t
 
     @property
     def reasoner_mask(self) -> torch.Tensor:
@@ -65,13 +82,17 @@ class Prefix:
         GRPO pass, gigabytes at paper scale. Repeated rows are allocated once, by the repeat.
         """
         cache = shared_cache(self.cache)
-        if repeats > 1:
-            cache.batch_repeat_interleave(repeats)
-
-        def rep(t: torch.Tensor) -> torch.Tensor:
-            return t.repeat_interleave(repeats, dim=0) if repeats > 1 else t
-
-        return self.rows_of(cache, rep)
+        if repeats == 1:
+            return replace(self, cache=cache)
+        cache.batch_repeat_interleave(repeats)
+        reason = self.reason_mask
+        return replace(
+            self,
+            cache=cache,
+            mask=self.mask.repeat_interleave(repeats, dim=0),
+            reason_mask=None if reason is None else reason.repeat_interleave(repeats, dim=0),
+            repeats=self.repeats * repeats,
+        )
 
     def rows(self, index: torch.Tensor) -> Prefix:
         """The prefix of the rows in `index` (in that order), this one left whole: only the
@@ -376,6 +397,7 @@ class LatentLM(nn.Module):
         top_p: float = 1.0,
         noise: RowNoise | None = None,
         all_done: Callable[[bool], bool] | None = None,
+        repeats: int = 1,
     ) -> Generation:
         """Decode an answer after the thinking span of `mode`, batched with the KV cache.
 
@@ -386,20 +408,25 @@ class LatentLM(nn.Module):
         Sampling (`temperature` > 0) draws from `noise`, one uniform per row and step.
         `all_done` turns this process's "every row has stopped" into the decision of every
         data-parallel rank, so that under FSDP all ranks run the same number of forwards.
+        `repeats` decodes each prompt that many times, as consecutive rows (GRPO's G answers,
+        `latents` given per row): the prompt cache is repeated here, where the span's forward
+        soon replaces it, rather than by the caller, who would hold it through the decode.
         """
         if mode not in DECODED:
             raise ConfigError(f"mode={mode!r} is not one of {DECODED}")
-        b = prefix.batch_size
-        work = prefix.fork()
+        work = prefix.fork(repeats)
+        b = work.batch_size
         z = None
         if mode == "lrt":
-            z = self.reason(prefix) if latents is None else latents
+            z = latents
+            if z is None:  # the reasoner runs once per prompt
+                z = self.reason(prefix).repeat_interleave(repeats, dim=0)
         embeds = self.span_embeds(mode, b, prefix.opened, z)
         if embeds is None:
-            logits, mask = prefix.last_logits, prefix.mask
+            logits, mask = work.last_logits, work.mask
         else:
             out, mask = self._forward_suffix(
-                work, embeds, prefix.mask.new_ones(b, embeds.shape[1]), logits_to_keep=1
+                work, embeds, work.mask.new_ones(b, embeds.shape[1]), logits_to_keep=1
             )
             logits = out[:, -1].float()
         decoder = Decoder(self, b, mode == "cot", budget, max_answer_tokens, force_answer)

@@ -180,3 +180,23 @@ def test_a_checkpointed_pass_drops_the_keys_it_appended(tiny_backbone: Backbone)
     logp.sum().backward()
     lengths = {layer.keys.shape[-2] for layer in fork.cache.layers}
     assert lengths == {ids.shape[1]}  # after every replay too
+
+
+@pytest.mark.parametrize("mode", ["lrt", "nothink", "direct"])
+def test_decoding_each_prompt_g_times_equals_decoding_a_g_fold_fork(
+    tiny_lm: LatentLM, mode: str
+) -> None:
+    """`generate(..., repeats=G)` repeats the prompt cache itself, where the span's forward
+    replaces it (a caller's G-fold fork lived through the whole decode), and reads the prompt
+    states and logits only where a mode needs them (a fork keeps them once per prompt): the
+    same answers, sampled, as decoding a G-fold fork."""
+    prefix = tiny_lm.encode(*tiny_lm.tokenize_prompts(PROMPTS))
+    fork = prefix.fork(3)
+    assert fork.prompt_states is prefix.prompt_states and fork.batch_size == 6
+    assert torch.equal(fork.hidden, prefix.hidden.repeat_interleave(3, 0))
+    settings = {"max_answer_tokens": 5, "temperature": 1.0}
+    inside = tiny_lm.generate(prefix, mode, repeats=3, **settings)
+    outside = tiny_lm.generate(fork, mode, **settings)
+    assert inside.token_ids == outside.token_ids and len(inside.token_ids) == 6
+    for a, b in zip(inside.sampled_logprobs, outside.sampled_logprobs, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)

@@ -176,7 +176,7 @@ class GRPOModule(SampledValidation, StageModule):
             z, noise, old_latent_logp = self.latent_policy.sample(mu, step, slots)
         answers = self.answer_policy
         gen = self.lm.generate(
-            prefix.fork(g),
+            prefix,
             "lrt",
             latents=z.to(self.lm.base.dtype),
             max_answer_tokens=self.rollout_tokens,
@@ -184,6 +184,7 @@ class GRPOModule(SampledValidation, StageModule):
             top_p=s.top_p,
             noise=answers.noise(step, slots) if answers is not None else None,
             all_done=self.all_done if self._trainer is not None else None,
+            repeats=g,
         )
         rows = [r for r in records for _ in range(g)]
         correct = torch.tensor(

@@ -68,7 +68,7 @@ def sampled_counts(
     slots = batch["slot"]
     rows = slots.clamp(min=0).long().repeat_interleave(n) * n + torch.arange(n).repeat(len(slots))
     gen = module.lm.generate(
-        prefix.fork(n),
+        prefix,
         "lrt",
         latents=latents.repeat_interleave(n, dim=0),
         max_answer_tokens=module.answer_tokens,
@@ -76,6 +76,7 @@ def sampled_counts(
         top_p=s.top_p,
         noise=RowNoise(sampling.key(module.seed, VAL_STREAM), rows.to(module.lm.device)),
         all_done=module.all_done,
+        repeats=n,
     )
     records = module.trainer.datamodule.val_records
     counts = torch.zeros(2, dtype=torch.float64)
