@@ -3,24 +3,19 @@
 Nothing here runs a paper model: the base's shape comes from its public config.json (the hub
 is out of reach), parameter counts from building the modules on the meta device (no memory),
 and each term from reading the code path that allocates it (named beside each term below).
-`--check` runs a real SFT step and a real answer-mode GRPO loss pass on CPU at small scale
-and compares the same formulas, evaluated at that scale in float32, with the measured peak.
+`bench/memory_check.py` runs a real SFT step and a real answer-mode GRPO loss pass on CPU
+at small scale and compares the same formulas, evaluated there in float32, with their peaks.
 
     OMP_NUM_THREADS=1 python bench/memory_model.py            # the table for all paper configs
-    OMP_NUM_THREADS=1 python bench/memory_model.py --check    # predicted vs measured on CPU
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
-from common import ROOT, environment, latent_lm, load, parser, random_ids, write_json
+from common import ROOT, parser, write_json
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -184,7 +179,8 @@ def backward_pass(
     cache = b.layers * rows * kv_bytes(b, e)
     terms = {
         "prompt cache (fork, or checkpoint snapshots)": cache * prefix_tokens,
-        "extended cache [prompt+span+answer]": cache * t,
+        # Checkpointed, each layer drops what it appended once read: one layer's at a time.
+        "extended cache [prompt+span+answer]": cache * t / (b.layers if u.checkpointing else 1),
         "attention mask (bool)": rows * s * t,
         "decoder output + final norm + flat answer states": rows
         * b.hidden
@@ -265,7 +261,6 @@ def phases(u: Setup, n: int) -> dict[str, dict[str, float]]:
     rollout = {
         **held_before,
         "prompt cache (rollout.prefix)": per_batch * prompt_cache,
-        "prompt cache x G (the fork passed to generate)": rows * prompt_cache,
         "decode cache [prompt+span+answer] x G": rows * full * b.layers * kv_bytes(b, e),
         "cache cat transient (one layer)": rows * full * kv_bytes(b, e),
         "latents Z (float32 x G, base dtype) + span embeds": latents + rows * span * b.hidden * e,
@@ -274,7 +269,9 @@ def phases(u: Setup, n: int) -> dict[str, dict[str, float]]:
     prefill = {
         **held_before,
         "prompt cache (rollout.prefix)": per_batch * prompt_cache,
-        "prompt cache x G (the fork passed to generate)": rows * prompt_cache,
+        # generate(repeats=G) repeats the prompt cache; the span's forward replaces it layer
+        # by layer, so at the end of the prefill one layer's repeat is left beside it.
+        "prompt cache x G, one layer (replaced by the span's)": rows * prompt_cache / b.layers,
         "span cache [prompt+span] x G": rows * (u.prompt + span) * b.layers * kv_bytes(b, e),
         "latents Z (float32 x G, base dtype) + span embeds": latents + rows * span * b.hidden * e,
         "span prefill forward (one layer)": forward_ws(b, e, rows, span, u.prompt + span),
@@ -290,7 +287,6 @@ def phases(u: Setup, n: int) -> dict[str, dict[str, float]]:
         t = u.prompt + span + u.answer
         out["reference pass"] = {
             **held,
-            "rollout.split copies of the prompt cache": per_batch * prompt_cache,
             "cache [prompt+span+answer] x G (no grad)": mrows * t * b.layers * kv_bytes(b, e),
             "forward (one layer) or LM-head chunk": max(
                 forward_ws(b, e, mrows, span + u.answer, t),
@@ -422,149 +418,13 @@ def table(args: Any) -> dict[str, Any]:
     return {"gpu_gb": args.gpu_gb, "headroom": args.headroom, "rows": rows}
 
 
-# --- the check at small scale on CPU -----------------------------------------------------------
-
-CASES = [
-    # (step, activation checkpointing, LM-head chunk)
-    ("sft", True, 256),
-    ("sft", False, 256),
-    ("grpo", True, 256),
-    ("grpo", False, 256),
-    ("sft", True, logprobs.CHUNK),
-]
-
-
-def rss_status() -> tuple[float, float]:
-    """(resident, peak resident) bytes of this process, from /proc/self/status."""
-    values = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0]) * 1024
-    return values["VmRSS"], values["VmHWM"]
-
-
-def measure_case(args: Any, step: str, checkpointing: bool, chunk: int) -> dict[str, Any]:
-    """One real step in this (fresh) process: its peak RSS growth over the RSS just before
-    it (the kernel's high-water mark reset by writing 5 to /proc/self/clear_refs), and the
-    model's prediction for the same sizes in float32."""
-    import functools
-
-    import lrt.latent_lm
-    from lrt.training.grpo_loss import group_advantages, policy_loss
-
-    lrt.latent_lm.token_logprobs = functools.partial(logprobs.token_logprobs, chunk=chunk)
-    backbone = load(args.model, "cpu", activation_checkpointing=checkpointing)
-    lm = latent_lm(backbone, args.k)
-    b = args.batch if step == "sft" else 1
-    g, m = (1, args.answer_len) if step == "sft" else (args.group, args.answer_len // 2)
-    ids = random_ids(backbone, b, args.prompt_len, seed=1)
-    mask = torch.ones_like(ids)
-
-    def run(m: int) -> None:
-        lm.reasoner.zero_grad(set_to_none=True)
-        answers = random_ids(backbone, b * g, m, seed=2)
-        if step == "sft":
-            lm.sft_loss(ids, mask, answers, torch.ones_like(answers)).backward()
-            return
-        rewards = torch.arange(b * g).remainder(2).float()
-        prefix = lm.encode(ids, mask)
-        z = lm.reason(prefix).repeat_interleave(g, dim=0)
-        logp = lm.answer_logprobs(prefix.fork(g), z, answers, torch.ones_like(answers))
-        loss, _ = policy_loss(logp, logp.detach(), group_advantages(rewards, g), "bnpo")
-        loss.backward()
-
-    run(4)  # start-up allocations (thread pools, kernels) land here, unmeasured
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before, _ = rss_status()
-    run(m)
-    measured = rss_status()[1] - before
-    u = Setup(
-        stage=step,
-        base=Shape.of(backbone.model.config),
-        body=None,
-        reasoner_params=sum(p.numel() for p in lm.reasoner.parameters()),
-        latents=args.k,
-        prompt=args.prompt_len,
-        answer=m,
-        markers=lm.span_positions("lrt") - args.k,
-        batch=b,
-        micro=b,
-        rollout=b,
-        generations=g,
-        checkpointing=checkpointing,
-        dtype_bytes=4,
-        autocast=False,
-        chunk=chunk,
-    )
-    phase = phases(u, 1)["sft step" if step == "sft" else "loss pass"]
-    terms = {**phase, "reasoner gradients": 4 * u.reasoner_params}
-    predicted = sum(terms.values())
-    return {
-        "step": step,
-        "checkpointing": checkpointing,
-        "chunk": chunk,
-        "rows": b * g,
-        "answer": m,
-        "predicted_mb": predicted / 2**20,
-        "measured_mb": measured / 2**20,
-        "ratio": predicted / measured,
-        "terms_mb": {k: v / 2**20 for k, v in terms.items()},
-    }
-
-
-def check(args: Any) -> dict[str, Any]:
-    rows = []
-    for step, checkpointing, chunk in CASES:
-        case = f"{step},{int(checkpointing)},{chunk}"
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--case", case]
-        # Every block of 64 KiB or more gets its own mapping, returned to the kernel when freed:
-        # otherwise glibc keeps freed tensors in its heap and RSS counts memory no longer used.
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-        r = rows[-1]
-        print(
-            f"{r['step']:4} checkpointing={str(r['checkpointing']):5} chunk={r['chunk']:4} "
-            f"rows={r['rows']} answer={r['answer']}: predicted {r['predicted_mb']:7.0f} MB, "
-            f"measured {r['measured_mb']:7.0f} MB, ratio {r['ratio']:.2f} "
-            f"({'within' if abs(r['ratio'] - 1) <= 0.2 else 'NOT within'} 20%)",
-            flush=True,
-        )
-        for name, value in r["terms_mb"].items():
-            print(f"      {value:8.1f} MB  {name}")
-    return {"env": environment("cpu"), "args": vars(args), "rows": rows}
-
-
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--gpu-gb", type=float, default=80.0, help="memory of one GPU (GiB)")
     p.add_argument("--headroom", type=float, default=0.10, help="kept free (fragmentation)")
     p.add_argument("--prompt-tokens", type=int, default=PROMPT_TOKENS)
-    p.add_argument("--check", action="store_true", help="predicted vs measured on CPU")
-    p.add_argument("--batch", type=int, default=2, help="check: SFT questions")
-    p.add_argument("--group", type=int, default=4, help="check: GRPO answers per question")
-    p.add_argument("--prompt-len", type=int, default=64, help="check: prompt tokens")
-    p.add_argument("--answer-len", type=int, default=1024, help="check: SFT answer (GRPO: half)")
-    p.add_argument("--k", type=int, default=8, help="check: latents")
-    p.add_argument("--case", default=None, help=argparse_hidden())
     args = p.parse_args()
-    if args.case is not None:
-        step, ckpt, chunk = args.case.split(",")
-        print(json.dumps(measure_case(args, step, ckpt == "1", int(chunk))))
-        return
-    if args.check:
-        write_json(args.out, "memory_model_check.json", check(args))
-    else:
-        write_json(args.out, "memory_model.json", table(args))
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
+    write_json(args.out, "memory_model.json", table(args))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
+import pytest
 import torch
 
 from lrt.backbone import Backbone
@@ -39,6 +41,7 @@ def test_kv_cache_term_is_the_bytes_a_dynamic_cache_holds(tiny_backbone: Backbon
         batch=b,
         micro=b,
         rollout=None,
+        checkpointing=False,  # (checkpointed, a pass drops its extension: test_memory_paths)
         dtype_bytes=4,
         autocast=False,
     )
@@ -75,3 +78,17 @@ def test_paper_configs_compose_and_grpo_decode_cache_dominates() -> None:
     assert (u.latents, u.generations, u.answer, u.micro) == (256, 8, 2048, 1)
     assert memory_model.predict(u, 1, "ddp")["peak_phase"] == "rollout decode"
     assert memory_model.predict(u, 8, "fsdp")["total"] < memory_model.predict(u, 8, "ddp")["total"]
+
+
+@pytest.mark.parametrize("model", memory_model.MODELS)
+def test_each_paper_grpo_config_decodes_what_one_80_gb_gpu_holds(model: str) -> None:
+    """The shipped `stage.rollout_batch_size` of each paper GRPO config is predicted to fit one
+    80 GB GPU (10% kept free) on 1 to 8 GPUs: decoding a rank's whole share of 128 questions x 8
+    answers at once was predicted at 100 to 450 GiB on one."""
+    cfg = memory_model.compose_config(f"paper_grpo_{model}")
+    sft = memory_model.compose_config(f"paper_sft_{model}").reasoner
+    u = memory_model.setup_of(cfg, None, sft)
+    usable = 0.9 * 80 * memory_model.GiB
+    assert all(memory_model.predict(u, n, "ddp")["total"] <= usable for n in (1, 2, 4, 8))
+    whole = replace(u, rollout=None)
+    assert memory_model.predict(whole, 1, "ddp")["total"] > usable

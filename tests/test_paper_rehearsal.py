@@ -127,12 +127,13 @@ def test_the_paper_runs_of_one_family_differ_only_in_the_model_they_name(
 ) -> None:
     """Rehearsing one model per family covers every paper config: once the model is swapped for
     its tiny stand-in, `paper_<stage>_qwen3_{1_7b,4b,8b}` compose to the same run but for the
-    model's name and hub path."""
+    model's name and hub path, and GRPO's decode batch (what fits the model's memory)."""
     composed: dict[tuple[str, str], list[dict]] = {}
     for experiment in PAPER_RUNS:
         cfg = OmegaConf.to_container(compose_train(paper_overrides(experiment, data_dir)))
         for key in ("name", "path"):
             cfg["model"].pop(key)
+        cfg["stage"].pop("rollout_batch_size", None)
         stage, model = experiment.split("_")[1], experiment.split("_", 2)[2]
         composed.setdefault((stage, FAMILIES[model][0]), []).append(cfg)
     assert sorted(composed) == [
