@@ -21,10 +21,10 @@ if TYPE_CHECKING:
 
 
 SYNC_EVERY = {"cuda": 16}
-"""Decode steps between the host's looks at which rows have stopped, by device type (1 for
-the others), once every row is answering: on a GPU a look waits for the device and, across
-data-parallel ranks, for an all-reduce (`all_done`); finished rows then decode up to 15 steps
-more. On a CPU a look costs nothing and is taken every step."""
+"""Decode steps between the data-parallel ranks' votes on stopping (`all_done`, an
+all-reduce) and, once every row is answering, between the host's looks at which rows have
+stopped, by device type (1 for the others). On a GPU a look waits for the device; finished
+rows then decode up to 15 steps more. On a CPU a look costs nothing and is taken every step."""
 
 
 @dataclass

@@ -60,7 +60,7 @@ def test_a_question_reading_reasoner_never_sees_the_template_states(
         prefix = lm.encode(ids, mask)
         z = lm.reason(prefix)
         template = (mask.bool() & ~lm.question_mask(ids, mask).bool()).unsqueeze(-1)
-        prefix.hidden = torch.where(
+        prefix.prompt_states = torch.where(
             template, 100.0 * torch.randn_like(prefix.hidden), prefix.hidden
         )
         assert torch.allclose(lm.reason(prefix), z, atol=1e-6) == same, attend

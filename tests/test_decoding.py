@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import latent_lm
 from test_latent_lm import PROMPTS
 
 import lrt.decoding
+from lrt.backbone import Backbone
 from lrt.decoding import Decoder, Generation
 from lrt.latent_lm import LatentLM
 
@@ -32,11 +34,12 @@ def assert_same(a: Generation, b: Generation) -> None:
 
 
 @pytest.fixture
-def stopping_lm(tiny_lm: LatentLM) -> LatentLM:
-    """A tenth of the byte vocabulary ends an answer: rows stop at different steps, and some
-    run out of budget."""
-    tiny_lm.eos_ids = [*tiny_lm.eos_ids, *range(0, 256, 25)]
-    return tiny_lm
+def stopping_lm(tiny_backbone: Backbone) -> LatentLM:
+    """A seeded reasoner, and a tenth of the byte vocabulary ending an answer: rows stop at
+    different steps, and some run out of budget."""
+    lm = latent_lm(tiny_backbone, num_latents=4)
+    lm.eos_ids = [*lm.eos_ids, *range(0, 256, 25)]
+    return lm
 
 
 @pytest.mark.parametrize("mode", ["lrt", "nothink", "cot"])
@@ -83,10 +86,11 @@ def test_the_host_looks_every_n_steps_and_changes_nothing(
 
 
 def test_a_close_marker_that_is_one_token_is_matched_by_id(
-    tiny_lm: LatentLM, monkeypatch: pytest.MonkeyPatch
+    tiny_backbone: Backbone, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The tiny tokenizer holds `</think>` as an added token, like Qwen3's: `cot` decodes no
     row's text while thinking, and leaves the span where a text search of every tail does."""
+    tiny_lm = latent_lm(tiny_backbone, num_latents=4)
     prefix = tiny_lm.encode(*tiny_lm.tokenize_prompts(PROMPTS * 3))
     close = tiny_lm.tokenizer.convert_tokens_to_ids("</think>")
     sample = lrt.decoding.sample_tokens

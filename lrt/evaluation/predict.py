@@ -23,8 +23,9 @@ from lrt.errors import ConfigError
 from lrt.evaluation.metrics import compare_to_best_baseline, compare_to_swap, summarize
 from lrt.evaluation.prediction import Prediction
 from lrt.grading import extract, grade
-from lrt.latent_lm import LatentLM, Prefix
+from lrt.latent_lm import LatentLM
 from lrt.modes import DecodeConfig, mode_of, parse_mode
+from lrt.prefix import Prefix
 from lrt.reasoner import latent_spread
 from lrt.sampling import RowNoise
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from lrt import sampling
-from lrt.latent_lm import LatentLM, Prefix
+from lrt.latent_lm import LatentLM
+from lrt.prefix import Prefix
 from lrt.sampling import RowNoise
 from lrt.training.grpo_loss import gaussian_kl, gaussian_logprob, k3_kl
 

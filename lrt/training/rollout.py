@@ -8,7 +8,7 @@ import torch
 
 from lrt.data.records import Record
 from lrt.decoding import Generation
-from lrt.latent_lm import Prefix
+from lrt.prefix import Prefix
 
 ANSWER_COLUMNS = (
     "answer_ids",

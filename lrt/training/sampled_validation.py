@@ -16,7 +16,7 @@ import torch
 
 from lrt import sampling
 from lrt.grading import grade
-from lrt.latent_lm import Prefix
+from lrt.prefix import Prefix
 from lrt.sampling import RowNoise
 from lrt.training.policies import VAL_STREAM
 

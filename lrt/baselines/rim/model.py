@@ -25,8 +25,9 @@ from lrt.baselines.rim.memory import MemoryBlocks
 from lrt.baselines.rim.settings import RiMSettings
 from lrt.decoding import Decoder, Generation
 from lrt.errors import CheckpointError
-from lrt.latent_lm import LatentLM, Prefix
+from lrt.latent_lm import LatentLM
 from lrt.logprobs import token_logprobs
+from lrt.prefix import Prefix
 from lrt.sampling import RowNoise
 
 MODE = "rim"

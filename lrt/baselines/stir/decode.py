@@ -29,7 +29,8 @@ from lrt.baselines.stir.settings import OnlineSettings
 from lrt.baselines.stir.steering import commit, inject, layer_outputs, retrieve
 from lrt.decoding import Decoder, Generation, positions
 from lrt.evaluation.discovery import Checkpoint
-from lrt.latent_lm import LatentLM, Prefix
+from lrt.latent_lm import LatentLM
+from lrt.prefix import Prefix
 from lrt.sampling import RowNoise
 
 
