@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from transformers import DynamicCache
 
+from lrt.device_rows import DeviceRows
 from lrt.sampling import RowNoise, sample_tokens
 
 if TYPE_CHECKING:
@@ -22,8 +23,8 @@ if TYPE_CHECKING:
 
 SYNC_EVERY = {"cuda": 16}
 """Decode steps between the data-parallel ranks' votes on stopping (`all_done`, an
-all-reduce) and, once every row is answering, between the host's looks at which rows have
-stopped, by device type (1 for the others). On a GPU a look waits for the device; finished
+all-reduce) and, once the rows' state is on the device (`DeviceRows`), between the host's
+looks at which rows have stopped, by device type (1 for the others). On a GPU a look waits for the device; finished
 rows then decode up to 15 steps more. On a CPU a look costs nothing and is taken every step."""
 
 
@@ -103,9 +104,10 @@ class Decoder:
     prunes: ClassVar[bool] = True
     """Drop finished rows from the cache; a subclass that indexes rows itself sets False."""
     host_steps: ClassVar[bool] = False
-    """Run `_step` on the host for every token, answers included; a subclass that follows
-    the answer tokens row by row sets True. Otherwise, once no row is thinking, the answer
-    tokens are counted on the device (`AnswerRows`)."""
+    """Run `_step` on the host for every row and token; a subclass that follows the tokens
+    row by row sets True. Otherwise the rows' state is kept on the device (`DeviceRows`),
+    from the first step, or, when a plain-text close marker must be read, once no row is
+    thinking."""
 
     def __init__(
         self,
@@ -161,7 +163,7 @@ class Decoder:
         live = list(range(self.b))  # the rows that `cache`, `full` and `logits` still hold
         index = torch.arange(self.b, device=full.device)  # the same rows, on the device
         every = SYNC_EVERY.get(full.device.type, 1)
-        answering: AnswerRows | None = None
+        answering: DeviceRows | None = None
         first_token_at = 0.0
         for t in range(max_steps):
             u = noise.uniform(t)[index] if noise is not None and temperature > 0 else None
@@ -172,8 +174,8 @@ class Decoder:
             drawn = logp  # and under the distribution it was drawn from:
             if temperature > 0:
                 drawn = picked / temperature - (logits / temperature).logsumexp(-1)
-            if answering is None and not (self.host_steps or any(self.thinking) or any(self.queue)):
-                answering = AnswerRows.start(self, max_steps - t, full.device)
+            if answering is None and self._on_device():
+                answering = DeviceRows.start(self, max_steps, full.device)
             look = (t + 1) % every == 0  # every rank looks at the same steps
             if answering is None:
                 # One transfer to the host per step: the tokens and their log-probs together.
@@ -185,7 +187,7 @@ class Decoder:
                 ids = torch.tensor(next_ids, device=full.device)
                 stopped = [self.done[i] for i in live]
             else:
-                # Answer tokens are counted on the device; the host looks every `every` steps.
+                # The rows' state is kept on the device; the host looks every `every` steps.
                 ids = answering.step(index, sampled, logp, drawn)
                 stopped = answering.done[index].tolist() if look or t == 0 else None
             if t == 0:
@@ -234,6 +236,12 @@ class Decoder:
             first_token_at=first_token_at,
             sampled_logprobs=self.sampled_logps if temperature > 0 else None,
         )
+
+    def _on_device(self) -> bool:
+        """Whether the rest of the decode can keep its state on the device (`host_steps`)."""
+        if self.host_steps:
+            return False
+        return self.close_id is not None or not (any(self.thinking) or any(self.queue))
 
     def _advance(self, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
         """Feed one token per row on top of `cache` (extended in place); the next logits.
@@ -307,74 +315,6 @@ class Decoder:
         self.thinking[i] = False
         self.answer_start[i] = len(self.tokens[i])
         self.queue[i] = list(self.forced_ids)
-
-
-@dataclass
-class AnswerRows:
-    """`Decoder._step` for rows past their thinking, every row at once on the device.
-
-    An answer token needs no host decision: EOS or the budget stops a row, its token and
-    log-probs are recorded, a finished row is fed padding. Keeping that on the device spares
-    the per-token transfer, and the per-row Python, that a thinking row's close-marker check
-    and budget forcing need (at paper scale, 1024 rows x 2048 answer tokens per rollout).
-    """
-
-    tokens: torch.Tensor
-    """[b, steps + 1]: each row's tokens from `start` on (a finished row writes past its end)."""
-    drawn: torch.Tensor
-    length: torch.Tensor
-    done: torch.Tensor
-    truncated: torch.Tensor
-    n_answer: torch.Tensor
-    logp_sum: torch.Tensor
-    eos: torch.Tensor
-    pad: int
-    max_answer: int
-
-    @classmethod
-    def start(cls, decoder: Decoder, steps: int, device: torch.device) -> AnswerRows:
-        """The device state from the decoder's host state (rows forced or closed earlier)."""
-        b = decoder.b
-        return cls(
-            tokens=torch.zeros(b, steps + 1, dtype=torch.long, device=device),
-            drawn=torch.zeros(b, steps + 1, device=device),
-            length=torch.zeros(b, dtype=torch.long, device=device),
-            done=torch.tensor(decoder.done, device=device),
-            truncated=torch.tensor(decoder.truncated, device=device),
-            n_answer=torch.tensor(decoder.n_answer, device=device),
-            logp_sum=decoder.logp_sum.to(device),
-            eos=torch.tensor(sorted(decoder.lm.eos_ids), dtype=torch.long, device=device),
-            pad=decoder.lm.tokenizer.pad_token_id,
-            max_answer=decoder.max_answer,
-        )
-
-    def step(
-        self, rows: torch.Tensor, sampled: torch.Tensor, logp: torch.Tensor, drawn: torch.Tensor
-    ) -> torch.Tensor:
-        """Record the tokens sampled for `rows`; the ids fed next (padding for finished rows)."""
-        active = ~self.done[rows]
-        at = self.length[rows]
-        self.tokens[rows, at] = sampled
-        self.drawn[rows, at] = drawn.float()
-        self.length[rows] = at + active
-        answer = active & ~torch.isin(sampled, self.eos)
-        n_answer = self.n_answer[rows] + answer
-        self.n_answer[rows] = n_answer
-        self.logp_sum[rows] += torch.where(answer, logp.float(), 0.0)
-        cut = answer & (n_answer >= self.max_answer)
-        self.truncated[rows] |= cut
-        self.done[rows] = ~active | ~answer | cut
-        return torch.where(active, sampled, self.pad)
-
-    def finish(self, decoder: Decoder) -> None:
-        """Hand the rows' tokens and counts back to `decoder`'s host state, in one transfer."""
-        width = int(self.length.max())
-        tokens, drawn = self.tokens[:, :width].tolist(), self.drawn[:, :width].tolist()
-        for i, n in enumerate(self.length.tolist()):
-            decoder.tokens[i] += tokens[i][:n]
-            decoder.sampled_logps[i] += drawn[i][:n]
-        decoder.done, decoder.truncated = self.done.tolist(), self.truncated.tolist()
-        decoder.n_answer, decoder.logp_sum = self.n_answer.tolist(), self.logp_sum.cpu()
 
 
 def positions(mask: torch.Tensor, start: int) -> torch.Tensor:

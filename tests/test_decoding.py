@@ -42,13 +42,18 @@ def stopping_lm(tiny_backbone: Backbone) -> LatentLM:
     return lm
 
 
-@pytest.mark.parametrize("mode", ["lrt", "nothink", "cot"])
+@pytest.mark.parametrize("mode", ["lrt", "nothink", "cot", "cot, plain-text marker"])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_answers_counted_on_the_device_equal_the_host_steps(
+def test_rows_kept_on_the_device_equal_the_host_steps(
     stopping_lm: LatentLM, monkeypatch: pytest.MonkeyPatch, mode: str, temperature: float
 ) -> None:
-    """Every output of the device path (from the first step for `lrt` and `nothink`, from the
-    step the last row left its thinking for `cot`) equals `_step` run on the host per row."""
+    """Every output of the device path equals `_step` run on the host per row: from the first
+    step (`lrt`, `nothink`, and `cot` with a one-token close marker: EOS in the thinking, the
+    close, the budget and the forced tokens included), or from the step the last row left its
+    thinking (`cot` with a marker that must be read as text)."""
+    if mode == "cot, plain-text marker":
+        monkeypatch.setattr(stopping_lm.tokenizer, "get_added_vocab", dict)
+        mode = "cot"
     prefix = stopping_lm.encode(*stopping_lm.tokenize_prompts(PROMPTS * 3))
     device = stopping_lm.generate(prefix, mode, temperature=temperature, **SETTINGS)
     monkeypatch.setattr(Decoder, "host_steps", True)
@@ -88,8 +93,9 @@ def test_the_host_looks_every_n_steps_and_changes_nothing(
 def test_a_close_marker_that_is_one_token_is_matched_by_id(
     tiny_backbone: Backbone, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The tiny tokenizer holds `</think>` as an added token, like Qwen3's: `cot` decodes no
-    row's text while thinking, and leaves the span where a text search of every tail does."""
+    """The tiny tokenizer holds `</think>` as an added token, like Qwen3's: `cot` keeps its
+    rows on the device, matching the marker's id (no row's text is read while thinking), and
+    leaves the span where a text search of every tail on the host does."""
     tiny_lm = latent_lm(tiny_backbone, num_latents=4)
     prefix = tiny_lm.encode(*tiny_lm.tokenize_prompts(PROMPTS * 3))
     close = tiny_lm.tokenizer.convert_tokens_to_ids("</think>")
@@ -104,31 +110,19 @@ def test_a_close_marker_that_is_one_token_is_matched_by_id(
         return tokens
 
     monkeypatch.setattr(lrt.decoding, "sample_tokens", closing)
-    decoded: list[int] = []
-    decode = tiny_lm.tokenizer.decode
-
-    def counted(*args: object, **kwargs: object) -> str:
-        decoded.append(1)
-        return decode(*args, **kwargs)
-
-    monkeypatch.setattr(tiny_lm.tokenizer, "decode", counted)
-    looked: list[int] = []  # texts decoded by each close check
+    looked: list[int] = []
     closes = Decoder._closes
-
-    def watched(self: Decoder, i: int, token: int) -> bool:
-        before = len(decoded)
-        closed = closes(self, i, token)
-        looked.append(len(decoded) - before)
-        return closed
-
-    monkeypatch.setattr(Decoder, "_closes", watched)
+    monkeypatch.setattr(Decoder, "_closes", lambda *a: looked.append(1) or closes(*a))
     fast = tiny_lm.generate(prefix, "cot", temperature=1.0, **SETTINGS)
-    assert len(looked) > 10 and sum(looked) == 0 and fast.answer_start[0] == 3
+    assert looked == [] and fast.answer_start[0] == 3
 
     def every_tail(self: Decoder, i: int, token: int) -> bool:
+        looked.append(1)
         return self.close_text in self.lm.tokenizer.decode(self.tokens[i][-8:])
 
     step["t"] = 0
     monkeypatch.setattr(Decoder, "_closes", every_tail)
+    monkeypatch.setattr(Decoder, "host_steps", True)
     slow = tiny_lm.generate(prefix, "cot", temperature=1.0, **SETTINGS)
+    assert len(looked) > 10
     assert_same(fast, slow)
