@@ -3,7 +3,9 @@
 Same base, same prompts (the arith test questions, chat-templated as `direct` asks them),
 greedy, one batch: `generate()` with `max_new_tokens`, our decoder in `direct` mode with the
 same cap, with finished rows dropped from the batch (the default) and kept to the end (as
-`generate()` keeps them), and `cot@budget` both ways (`generate()` has no budget forcing).
+`generate()` keeps them), with every step on the host (`Decoder.host_steps`: a transfer and a
+Python call per row each token) against the rows' state on the device (the default), and
+`cot@budget` both ways of dropping (`generate()` has no budget forcing).
 Prints seconds per question, the ratios, and how many rows decode the same tokens as
 `generate()`.
 
@@ -50,8 +52,10 @@ def main() -> None:
     ends = set(lm.eos_ids)
     n = len(records)
 
-    def ours(mode: str, prunes: bool, cap: int, budget: int = 0) -> tuple[float, list[list[int]]]:
-        Decoder.prunes = prunes
+    def ours(
+        mode: str, prunes: bool, cap: int, budget: int = 0, host: bool = False
+    ) -> tuple[float, list[list[int]]]:
+        Decoder.prunes, Decoder.host_steps = prunes, host
         sync(args.device)
         start = time.perf_counter()
         prefix = lm.encode(ids, mask)
@@ -78,10 +82,11 @@ def main() -> None:
         t_ref, ref_ids = reference()
         t_pruned, pruned_ids = ours("direct", True, args.max_new_tokens)
         t_kept, _ = ours("direct", False, args.max_new_tokens)
+        t_host, host_ids = ours("direct", True, args.max_new_tokens, host=True)
         cot = DecodeConfig(max_answer_tokens=32, budget=args.budget)
         t_cot, _ = ours("cot", True, cot.max_answer_tokens, cot.budget)
         t_cot_kept, _ = ours("cot", False, cot.max_answer_tokens, cot.budget)
-    Decoder.prunes = True
+    Decoder.prunes, Decoder.host_steps = True, False
     same = sum(
         until_end(a, ends) == until_end(b, ends) for a, b in zip(pruned_ids, ref_ids, strict=True)
     )
@@ -89,6 +94,7 @@ def main() -> None:
         ("generate() (direct prompt)", t_ref),
         ("ours, direct, finished rows dropped", t_pruned),
         ("ours, direct, finished rows kept", t_kept),
+        ("ours, direct, every step on the host", t_host),
         (f"ours, cot@{args.budget}, finished rows dropped", t_cot),
         (f"ours, cot@{args.budget}, finished rows kept", t_cot_kept),
     ]
@@ -98,11 +104,13 @@ def main() -> None:
     ratios = {
         "generate() / ours (direct)": ratio(t_ref, t_pruned),
         "kept / dropped (direct)": ratio(t_kept, t_pruned),
+        "host steps / device rows (direct)": ratio(t_host, t_pruned),
         f"kept / dropped (cot@{args.budget})": ratio(t_cot_kept, t_cot),
     }
     for name, value in ratios.items():
         print(f"{name:44s} {value:8.2f}")
     print(f"rows with generate()'s tokens: {same} of {n}")
+    assert host_ids == pruned_ids, "the host steps and the device rows decoded different tokens"
     write_json(
         args.out,
         "decoding.json",
