@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 SYNC_EVERY = {"cuda": 16}
 """Decode steps between the data-parallel ranks' votes on stopping (`all_done`, an
 all-reduce) and, once the rows' state is on the device (`DeviceRows`), between the host's
-looks at which rows have stopped, by device type (1 for the others). On a GPU a look waits for the device; finished
-rows then decode up to 15 steps more. On a CPU a look costs nothing and is taken every step."""
+looks at which rows have stopped, by device type (1 for the others). On a GPU a look waits
+for the device; finished rows then decode up to 15 steps more. On a CPU a look costs nothing
+and is taken every step."""
 
 
 @dataclass

@@ -43,14 +43,15 @@ class DeviceRows:
     forced: torch.Tensor
     eos: torch.Tensor
     close_id: int
-    """-1 without thinking rows (nothing to close)."""
+    """-1 when the marker is not one token: then the state moves here only once no row thinks."""
     pad: int
     budget: int
     max_answer: int
 
     @classmethod
     def start(cls, decoder: Decoder, steps: int, device: torch.device) -> DeviceRows:
-        """The device state from `decoder`'s host state, after its first `steps` done there."""
+        """The device state from `decoder`'s host state (the tokens it has, and room for up to
+        `steps` per row)."""
         b, width = decoder.b, steps + 1
 
         def of(values: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
