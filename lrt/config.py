@@ -56,6 +56,8 @@ class FinalEvalConfig:
     enabled: bool = True
     modes: list[str] = field(default_factory=lambda: ["lrt", "direct", "nothink"])
     """Decoded at `data.max_answer_tokens`; `cot@N` rows think for N tokens first."""
+    blind: bool = True
+    """Add `lrt-blind` after `lrt` (and its swap control): what the latents alone carry."""
     batch_size: int = 32
 
     def __post_init__(self) -> None:

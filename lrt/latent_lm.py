@@ -30,10 +30,17 @@ from lrt.reasoner import Reasoner
 from lrt.sampling import RowNoise
 
 
+class _Captured(Exception):
+    """Raised by `capture_layer(stop=True)` once the wanted layer has run."""
+
+
 @contextmanager
-def capture_layer(decoder: nn.Module, index: int | None) -> Iterator[dict[str, torch.Tensor]]:
+def capture_layer(
+    decoder: nn.Module, index: int | None, stop: bool = False
+) -> Iterator[dict[str, torch.Tensor]]:
     """Keep one entry of transformers' `hidden_states` (see `LatentLM._source_index`) from the
-    decoder's forward, by a hook on the module that produces it (None: nothing to capture)."""
+    decoder's forward, by a hook on the module that produces it (None: nothing to capture).
+    `stop` ends the forward there by raising `_Captured`, for a pass wanting nothing else."""
     captured: dict[str, torch.Tensor] = {}
     if index is None:
         yield captured
@@ -42,6 +49,8 @@ def capture_layer(decoder: nn.Module, index: int | None) -> Iterator[dict[str, t
 
     def hook(_module: nn.Module, _inputs: object, output: object) -> None:
         captured["states"] = output[0] if isinstance(output, tuple) else output
+        if stop:
+            raise _Captured
 
     handle = module.register_forward_hook(hook)
     try:
@@ -96,25 +105,43 @@ class LatentLM(nn.Module):
     # --- the three steps ---------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Prefix:
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        blind: torch.Tensor | None = None,
+    ) -> Prefix:
         """One no-grad pass over the prompt: its KV cache and the reasoner's input states.
 
         Only the reasoner's source layer is kept (`output_hidden_states` would keep all of
         them), and the LM head runs on the last position alone.
+
+        `blind` (bool per row) withholds the question from the base in those rows: its
+        attention mask is 0 on the user's text (`question_mask`; positions stay contiguous),
+        while the reasoner still reads the whole prompt, from a second pass that sees it.
+        What such a row answers is what Z alone carries (`lrt-blind`, `question_dropout`).
         """
+        blind = None if blind is None or not bool(blind.any()) else blind.bool()
+        base_mask = attention_mask
+        if blind is not None:
+            hidden_q = self.question_mask(input_ids, attention_mask) * blind.unsqueeze(1)
+            base_mask = attention_mask * (1 - hidden_q)
         decoder = self.base.get_decoder()
         cache = DynamicCache(config=self.base.config)
         with capture_layer(decoder, self._source_index()) as captured:
             out = decoder(
                 input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=positions(attention_mask, 0),
+                attention_mask=base_mask,
+                position_ids=positions(base_mask, 0),
                 cache=cache,
                 use_cache=True,
             )
         last = out.last_hidden_state
         if self.reasoner is not None:
             hidden = captured.get("states", last)
+            if blind is not None:  # the withheld rows' states, from a pass that sees them
+                hidden = hidden.clone()
+                hidden[blind] = self._source_states(input_ids[blind], attention_mask[blind])
             # Padded positions can hold garbage; zero them so no NaN leaks through attention.
             hidden = torch.where(attention_mask.bool().unsqueeze(-1), hidden, 0.0)
         else:
@@ -124,7 +151,44 @@ class LatentLM(nn.Module):
         logits = self.base.get_output_embeddings()(last[:, -1]).float()
         reads_question = self.reasoner is not None and self.reasoner.config.attend == "question"
         reason = self.question_mask(input_ids, attention_mask) if reads_question else None
-        return Prefix(cache, attention_mask, hidden, logits, opened, reason)
+        if reason is None and blind is not None:
+            reason = attention_mask  # the reasoner reads the whole prompt, the base does not
+        tokens = None
+        if self.reasoner is not None and self.reasoner.config.token_residual:
+            tokens = self.question_embeds(input_ids, attention_mask)
+        return Prefix(cache, base_mask, hidden, logits, opened, reason, tokens)
+
+    def question_embeds(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The input embeddings of each prompt's first K question tokens, [B, K, d], zero past
+        the question's end (`reasoner.token_residual`)."""
+        assert self.reasoner is not None
+        k = self.reasoner.num_latents
+        picked = self.question_mask(input_ids, attention_mask).bool()
+        ids = input_ids.new_full((input_ids.shape[0], k), -1)
+        for i in range(input_ids.shape[0]):
+            own = input_ids[i][picked[i]][:k]
+            ids[i, : own.numel()] = own
+        embeds = self.backbone.embed(ids.clamp(min=0))
+        return embeds * ids.ge(0).unsqueeze(-1).to(embeds.dtype)
+
+    def _source_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The reasoner's input states of a pass that sees the whole prompt, stopped at the
+        source layer (the layers above it would be computed for nothing)."""
+        decoder = self.base.get_decoder()
+        index = self._source_index()
+        with capture_layer(decoder, index, stop=index is not None) as captured:
+            try:
+                out = decoder(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=positions(attention_mask, 0),
+                    use_cache=False,
+                )
+            except _Captured:
+                return captured["states"]
+        return out.last_hidden_state
 
     @functools.cached_property
     def _template_frame(self) -> tuple[list[int], list[int]]:
@@ -149,7 +213,11 @@ class LatentLM(nn.Module):
         """Z = G_phi(H, mask): K latent vectors per question, one forward pass."""
         if self.reasoner is None:
             raise ConfigError("mode 'lrt' needs a reasoner; pass reasoner=<folder or checkpoint>")
-        return self.reasoner(prefix.hidden, prefix.reasoner_mask).to(self.base.dtype)
+        latents = self.reasoner(prefix.hidden, prefix.reasoner_mask)
+        tokens = prefix.question_tokens
+        if tokens is not None:
+            latents = self.reasoner.add_tokens(latents, tokens)
+        return latents.to(self.base.dtype)
 
     def _span_pieces(self, mode: str, opened: bool) -> list[str | torch.Tensor]:
         """What `mode` feeds between the prompt and the first decoded token, in order: marker
@@ -265,11 +333,13 @@ class LatentLM(nn.Module):
         answer_mask: torch.Tensor,
         reduction: str = "mean",
         on_latents: Callable[[torch.Tensor], None] | None = None,
+        blind: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Negative log-likelihood of the answer tokens given the latents: their mean, or with
         `reduction="sum"` their sum (which training divides by the global token count).
-        `on_latents` sees the latents (training logs their spread)."""
-        prefix = self.encode(input_ids, attention_mask)
+        `on_latents` sees the latents (training logs their spread); `blind` rows are answered
+        with the question withheld from the base (`encode`)."""
+        prefix = self.encode(input_ids, attention_mask, blind)
         latents = self.reason(prefix)
         if on_latents is not None:
             on_latents(latents)

@@ -7,6 +7,9 @@ they differ only in what happens between the prompt and the answer:
 - `lrt-swap`: the same, but each question gets the latents of another question of its batch
   (a fixed derangement): the control for "do the latents carry the question?" (DESIGN.md
   section 5); its gap to `lrt` is a lower bound on what they carry;
+- `lrt-blind`: the same latents, with the question withheld from the base (its attention mask
+  0 on the user's text, positions contiguous) while the reasoner still reads it: what the
+  latents alone carry of the question, the channel (DESIGN.md section 5);
 - `direct`: the model's own chat template with no thinking span at all (its non-thinking mode
   where it has one), then the answer: the natural baseline of a model without thinking;
 - `nothink`: an empty thinking span (Ma et al.'s NoThinking prefill inside it for models with
@@ -61,6 +64,7 @@ MODES: dict[str, Mode] = {
         Mode("stir", needs_reasoner=False, budgeted=True, baseline=True, method="stir_library"),
         Mode("rim", needs_reasoner=False, budgeted=False, baseline=False, method="rim"),
         Mode("lrt-swap", needs_reasoner=True, budgeted=False, baseline=False),
+        Mode("lrt-blind", needs_reasoner=True, budgeted=False, baseline=False),
     )
 }
 DECODED = ("lrt", "direct", "nothink", "cot")
@@ -113,20 +117,26 @@ def of_base(label: str) -> bool:
     return not mode.needs_reasoner and mode.method is None
 
 
-def with_swap_control(modes: Iterable[str]) -> list[str]:
-    """`modes` with `lrt-swap` right after `lrt` when it is not there already: every `lrt`
-    result comes with its control, at the cost of one more decode and no training."""
+def with_controls(modes: Iterable[str], blind: bool = False) -> list[str]:
+    """`modes` with `lrt-swap` (and with `blind`, `lrt-blind`) right after `lrt` when not
+    there already: every `lrt` result comes with its controls, at the cost of a decode each
+    and no training."""
     labels = list(modes)
-    if "lrt" in labels and "lrt-swap" not in labels:
-        labels.insert(labels.index("lrt") + 1, "lrt-swap")
+    if "lrt" not in labels:
+        return labels
+    controls = ["lrt-swap", "lrt-blind"] if blind else ["lrt-swap"]
+    at = labels.index("lrt") + 1
+    for control in [c for c in controls if c not in labels]:
+        labels.insert(at, control)
+        at += 1
     return labels
 
 
-def mode_labels(modes: Iterable[str], budgets: Sequence[int]) -> list[str]:
+def mode_labels(modes: Iterable[str], budgets: Sequence[int], blind: bool = False) -> list[str]:
     """Expand budgeted modes given without a budget into one label per budget
-    (`cot` -> `cot@256`, `cot@512`), and add `lrt`'s swap control."""
+    (`cot` -> `cot@256`, `cot@512`), and add `lrt`'s controls (`with_controls`)."""
     labels: list[str] = []
-    for label in with_swap_control(modes):
+    for label in with_controls(modes, blind):
         name, budget = parse_mode(label)
         if MODES[name].budgeted and budget is None:
             if not budgets:

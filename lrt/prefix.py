@@ -28,6 +28,10 @@ class Prefix:
     reason_mask: torch.Tensor | None = None
     """The positions of `hidden` the reasoner reads (`reasoner.attend`): the question's own
     tokens, or the whole prompt (`mask`) when None."""
+    question_embeds: torch.Tensor | None = None
+    """`reasoner.token_residual` only: the input embeddings of each prompt's first K question
+    tokens, [B, K, d], zero past the question's end (one row per prompt, like
+    `prompt_states`)."""
     repeats: int = 1
     """Rows of the cache per row of `prompt_states` and `prompt_logits`: a fork repeats those
     two only when they are read (GRPO's G-fold forks never read them)."""
@@ -42,6 +46,12 @@ class Prefix:
         """Next-token logits after the prompt: where decoding starts when the prompt itself
         already ends with the thinking span's opening marker (`opened`)."""
         return self._per_row(self.prompt_logits)
+
+    @property
+    def question_tokens(self) -> torch.Tensor | None:
+        """`question_embeds`, one row per cache row."""
+        q = self.question_embeds
+        return None if q is None else self._per_row(q)
 
     def _per_row(self, t: torch.Tensor) -> torch.Tensor:
         return t.repeat_interleave(self.repeats, dim=0) if self.repeats > 1 else t
@@ -91,6 +101,7 @@ class Prefix:
     def rows_of(self, cache: DynamicCache, pick: Callable[[torch.Tensor], torch.Tensor]) -> Prefix:
         """This prefix over `cache`, every per-row tensor passed through `pick`."""
         reason = None if self.reason_mask is None else pick(self.reason_mask)
+        tokens = self.question_tokens
         return Prefix(
             cache,
             pick(self.mask),
@@ -98,6 +109,7 @@ class Prefix:
             pick(self.last_logits),
             self.opened,
             reason,
+            None if tokens is None else pick(tokens),
         )
 
 

@@ -16,7 +16,7 @@ from lrt.baselines.grpo_cot.settings import GRPOCoTSettings
 from lrt.baselines.rim.settings import RiMSettings
 from lrt.baselines.stir.settings import STIRSettings
 from lrt.errors import ConfigError
-from lrt.training.settings import GRPOSettings, SFTSettings
+from lrt.training.settings import GRPOSettings, ReconstructSettings, SFTSettings
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,9 @@ class Stage:
     """`module:function` taking (TrainConfig, run folder) and returning the run folder."""
     module: str | None = None
     """`module:class` of the LightningModule, for the stages that train a reasoner."""
+    target: str | None = None
+    """The `data.prompt.target` the stage trains on whatever the data config says (None: the
+    data config's); a stage with its own target has no held-out answers to tabulate."""
 
     def load(self, path: str) -> Any:
         module, _, name = path.partition(":")
@@ -43,6 +46,12 @@ class Stage:
 
 STAGES: dict[str, Stage] = {
     "sft": Stage(SFTSettings, "lrt.train:train_reasoner", "lrt.training.sft:SFTModule"),
+    "reconstruct": Stage(
+        ReconstructSettings,
+        "lrt.train:train_reasoner",
+        "lrt.training.reconstruct:ReconstructModule",
+        target="question",
+    ),
     "grpo": Stage(GRPOSettings, "lrt.train:train_reasoner", "lrt.training.grpo:GRPOModule"),
     "grpo_cot": Stage(GRPOCoTSettings, "lrt.baselines.grpo_cot.trainer:train_grpo_cot"),
     "stir": Stage(STIRSettings, "lrt.baselines.stir.stage:run_stir"),

@@ -35,7 +35,7 @@ from lrt.errors import CheckpointError, ConfigError, DataError
 from lrt.evaluation.predict import mode_rows
 from lrt.latent_lm import LatentLM
 from lrt.loggers import build_loggers
-from lrt.modes import DecodeConfig, parse_mode, with_swap_control
+from lrt.modes import DecodeConfig, parse_mode, with_controls
 from lrt.plots import grpo_curves, train_curves
 from lrt.reasoner import Reasoner, ReasonerConfig, build_reasoner, load_reasoner
 from lrt.report import by_steps_rows, held_out_rows, print_table
@@ -164,8 +164,9 @@ def run_summary(config: TrainConfig, reasoner: ReasonerConfig, run_dir: Path) ->
     `init_from`, the saved one's, not `config.reasoner`'s), steps and batch, folder."""
     stage, data = config.stage, config.data
     start = f" from {config.init_from}" if config.init_from else ""
+    target = get_stage(stage.name).target or data.prompt.target
     return (
-        f"{stage.name}{start} on {data.task} (target: {data.prompt.target}), base "
+        f"{stage.name}{start} on {data.task} (target: {target}), base "
         f"{config.model.name}, reasoner {reasoner.arch} K={reasoner.num_latents}; "
         f"{stage.max_steps} steps of {stage.batch_size}, lr {stage.optim.lr:g}; "
         f"run folder {run_dir}"
@@ -203,7 +204,7 @@ def final_comparison(
         config.data.task,
         records,
         prompt,
-        with_swap_control(final.modes),
+        with_controls(final.modes, final.blind),
         DecodeConfig(max_answer_tokens=config.data.max_answer_tokens),
         final.batch_size,
         config.seed,
@@ -231,6 +232,10 @@ def train_reasoner(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Pat
         log.warning("%s", note)
     log.info("%s", model_summary(backbone.model, lm.reasoner, backbone.name))
     data_settings = config.data
+    stage = get_stage(config.stage.name)
+    if stage.target is not None:
+        prompt = replace(data_settings.prompt, target=stage.target)
+        data_settings = replace(data_settings, prompt=prompt)
     if config.stage.val_limit is not None:
         data_settings = replace(
             data_settings, val=replace(data_settings.val, limit=config.stage.val_limit)
@@ -244,7 +249,7 @@ def train_reasoner(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Pat
         prompt_budget=prompt_budget(config, lm),
         val_batch_size=config.stage.val_batch_size,
     )
-    module_class = get_stage(config.stage.name).lightning_module
+    module_class = stage.lightning_module
     module = module_class(
         lm,
         config.data.task,
@@ -295,7 +300,8 @@ def train_reasoner(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Pat
             f"{stopper.received.name} at step {trainer.global_step}: {stopper.checkpoint} "
             f"written; resume with: {resume_command(run_dir)}",
         ) from None
-    if stopper.received is not None and config.final_eval.enabled:  # came in the last batch
+    tabulate = config.final_eval.enabled and stage.target is None
+    if stopper.received is not None and tabulate:  # came in the last batch
         raise Stopped(
             stopper.received,
             f"{stopper.received.name} after the last step; for the final evaluation run: "
@@ -303,7 +309,7 @@ def train_reasoner(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Pat
         )
     if trainer.is_global_zero:
         plot_curves(run_dir, config.stage.name)
-    if config.final_eval.enabled:
+    if tabulate:
         final_comparison(config, module, data, run_dir, trainer.is_global_zero)
     return run_dir
 

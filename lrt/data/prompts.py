@@ -17,7 +17,7 @@ from lrt.data.records import Record
 from lrt.errors import ConfigError, DataError
 from lrt.schema import typed
 
-TARGETS = ("answer", "solution", "response")
+TARGETS = ("answer", "solution", "response", "question")
 
 
 @dataclass
@@ -28,7 +28,8 @@ class PromptConfig:
     answer_template: str = "The answer is {answer}."
     target: str = "answer"
     """SFT target: the formatted final answer (`answer`), the dataset's solution text before it
-    (`solution`), or the dataset's own final response verbatim (`response`, OpenR1-Math)."""
+    (`solution`), the dataset's own final response verbatim (`response`, OpenR1-Math), or the
+    question's own text (`question`: `stage=reconstruct`, autoencoding through the latents)."""
 
     @classmethod
     def from_cfg(cls, node: object) -> PromptConfig:
@@ -112,6 +113,8 @@ def target_text(record: Record, cfg: PromptConfig) -> str | None:
         return f"{record.solution.strip()} {final}" if record.solution else None
     if cfg.target == "response":
         return record.response.strip() if record.response else None
+    if cfg.target == "question":
+        return record.question
     return final
 
 

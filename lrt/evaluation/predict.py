@@ -88,7 +88,7 @@ def batch_starts(n: int, batch_size: int, modes: Sequence[str]) -> list[int]:
     return starts
 
 
-LATENT_MODES = ("lrt", "lrt-swap")
+LATENT_MODES = ("lrt", "lrt-swap", "lrt-blind")
 """The modes that decode with the reasoner's latents of the batch (`hybrid` computes its own)."""
 
 
@@ -117,6 +117,7 @@ def decode(
             z = z + sigma * rows.gaussian(shape, z.device).to(z.dtype)
         if m == "lrt-swap":
             z = swapped(z, samples)
+        if m in LATENT_MODES:  # `lrt-blind`'s prefix withholds the question (`prompt_variant`)
             m = "lrt"
         gen = lm.generate(
             p,
@@ -154,11 +155,16 @@ def decode(
 
 
 def prompt_variant(lm: LatentLM, mode: str) -> tuple[str | None, bool]:
-    """(system line, thinking) of the prompt `mode` is asked in: modes with the same variant
-    share one encode of each question."""
+    """(system line, thinking) of the prompt `mode` is asked in."""
     config = lm.backbone.config
     system = config.baseline_system_prompt if mode_of(mode).baseline else config.system_prompt
     return system, parse_mode(mode)[0] != "direct"
+
+
+def encoding(lm: LatentLM, mode: str) -> tuple[str | None, bool, bool]:
+    """(system line, thinking, blind) of `mode`'s encode: modes with the same one share one
+    encode of each question; `lrt-blind`'s withholds the question from the base."""
+    return (*prompt_variant(lm, mode), parse_mode(mode)[0] == "lrt-blind")
 
 
 def length_batches(
@@ -228,17 +234,20 @@ def answer_batches(
         raise ConfigError(f"samples={samples} must be at least 1")
     variants: dict[tuple[str | None, bool], list[str]] = {}
     for mode in modes:
-        variants.setdefault(prompt_variant(lm, mode), []).append(mode)
+        variants.setdefault(encoding(lm, mode), []).append(mode)
     stream = sampling.key(seed)
     out: dict[str, list[Prediction | None]] = {m: [None] * len(records) * samples for m in modes}
     for index in batches:
         rows = torch.tensor(
             [i * samples + s for i in index for s in range(samples)], device=lm.device
         )
-        for variant, members in variants.items():
+        for (system, thinking, blind), members in variants.items():
             t0 = time.perf_counter()
-            texts = [format_prompt(lm.tokenizer, records[i], prompt, *variant) for i in index]
-            prefix = lm.encode(*lm.tokenize_prompts(texts))
+            texts = [
+                format_prompt(lm.tokenizer, records[i], prompt, system, thinking) for i in index
+            ]
+            ids, mask = lm.tokenize_prompts(texts)
+            prefix = lm.encode(ids, mask, torch.full_like(ids[:, 0], blind, dtype=torch.bool))
             prompt_lengths = prefix.mask.sum(1).repeat_interleave(samples).tolist()
             if samples > 1:
                 prefix = prefix.fork(samples)

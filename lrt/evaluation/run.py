@@ -62,7 +62,8 @@ def validate_evaluate(cfg: DictConfig) -> list[str]:
     """Check an `evaluate.yaml` composition before any model loads; returns the mode labels."""
     if any(int(b) <= 0 for b in cfg.cot_budgets):
         raise ConfigError(f"cot_budgets={list(cfg.cot_budgets)} must be positive integers")
-    labels = mode_labels(as_list(cfg.modes), [int(b) for b in cfg.cot_budgets])
+    budgets = [int(b) for b in cfg.cot_budgets]
+    labels = mode_labels(as_list(cfg.modes), budgets, bool(cfg.get("blind", True)))
     if not labels:
         raise ConfigError("modes must list at least one mode")
     has_reasoner = bool(as_list(cfg.get("checkpoints")) or as_list(cfg.get("sweep_dir")))

@@ -26,6 +26,7 @@ WEIGHTS_NAME = "model.safetensors"
 ARCHS = ("query", "pretrained", "prompt")
 LAYOUTS = ("hadamard", "concat")
 ATTENDS = ("question", "prompt")
+RESIDUAL_GATE_INIT = 0.1
 
 
 @dataclass
@@ -44,6 +45,12 @@ class ReasonerConfig:
     """Which positions of the encoded prompt the network reads: `question` (the user's own
     text, the chat template around it masked out) or `prompt` (every position, as reasoners
     saved before this key did)."""
+    token_residual: bool = False
+    """Latent i starts as the input embedding of the question's i-th token (the user's text,
+    the first K tokens), the network's output added through a learned gate (initialised at
+    0.1): a channel the frozen base reads from the first step, since it reads its own
+    token embeddings (DESIGN.md section 5, "a residual path from the question's token
+    embeddings into Z"). Latents past the question's end are the network's alone."""
     arch: str = "query"
     init_from: str | None = None
     """`pretrained` only: where the body's weights come from: `base` (the frozen base's own
@@ -77,6 +84,11 @@ class ReasonerConfig:
             raise ConfigError(f"reasoner.arch={self.arch!r} is not one of {ARCHS}")
         if self.attend not in ATTENDS:
             raise ConfigError(f"reasoner.attend={self.attend!r} is not one of {ATTENDS}")
+        if self.token_residual and self.arch != "query":
+            raise ConfigError(
+                f"reasoner.token_residual=true needs reasoner.arch='query', not {self.arch!r} "
+                "(the question-blind control must not copy the question)"
+            )
         if self.arch == "pretrained":
             if self.layout not in LAYOUTS:
                 raise ConfigError(f"reasoner.layout={self.layout!r} is not one of {LAYOUTS}")
@@ -134,6 +146,16 @@ class Reasoner(nn.Module):
         if config.base_hidden_size <= 0:
             raise ConfigError("reasoner.base_hidden_size must be set from the base model")
         self.config = config
+        if config.token_residual:
+            self.residual_gate = nn.Parameter(torch.tensor(RESIDUAL_GATE_INIT))
+
+    def add_tokens(self, latents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """`latents` with the question's token embeddings `tokens` ([B, K, d], zero past the
+        question's end) as their residual (`token_residual`): a slot holding a token is that
+        token plus the gated output, a slot past the end the output alone."""
+        has = tokens.ne(0).any(-1, keepdim=True).to(latents.dtype)
+        gate = self.residual_gate.to(latents.dtype)
+        return tokens.to(latents.dtype) + (has * gate + (1 - has)) * latents
 
     @property
     def num_latents(self) -> int:

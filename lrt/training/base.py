@@ -96,6 +96,8 @@ class StageModule(L.LightningModule):
         """Correct answers and questions of this rank's validation shard."""
         self._val_spread = torch.zeros(2, dtype=torch.float64)
         """Summed latent spread and number of validation batches of this rank."""
+        self._val_blind = torch.zeros(2, dtype=torch.float64)
+        """Correct answers and questions of this rank's shard with the question withheld."""
         self.seed = seed
         self.answer_tokens = answer_tokens
         self.skip_nonfinite = skip_nonfinite
@@ -197,6 +199,7 @@ class StageModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_counts = torch.zeros(2, dtype=torch.float64)
         self._val_spread = torch.zeros(2, dtype=torch.float64)
+        self._val_blind = torch.zeros(2, dtype=torch.float64)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Greedy `eval_mode` answers on this rank's shard of the fixed validation slice, graded by
@@ -208,21 +211,37 @@ class StageModule(L.LightningModule):
             counted = batch["slot"] >= 0
             if int(counted.sum()) > 1:
                 self._val_spread += torch.tensor([latent_spread(latents[counted]), 1.0])
+        self._val_counts += self.graded(batch, self.greedy(prefix, self.eval_mode, latents))
+        if latents is not None and self.settings.val_blind:
+            blind = self.lm.encode(
+                batch["input_ids"], batch["attention_mask"], torch.ones_like(batch["slot"]) > 0
+            )
+            self._val_blind += self.graded(batch, self.greedy(blind, "lrt", latents))
+        if latents is not None:
+            self.validate_sampled(batch, prefix, latents)
+
+    def greedy(self, prefix: Prefix, mode: str, latents: torch.Tensor | None) -> list[str]:
+        """Greedy answers of `prefix`'s rows in `mode` at the task's answer budget."""
         gen = self.lm.generate(
             prefix,
-            self.eval_mode,
+            mode,
             latents=latents,
             max_answer_tokens=self.answer_tokens,
             all_done=self.all_done,
         )
+        return gen.texts
+
+    def graded(self, batch: dict[str, torch.Tensor], texts: list[str]) -> torch.Tensor:
+        """[correct, counted] of `texts`, the answers to `batch`'s validation questions
+        (padding examples, slot -1, are decoded but not counted)."""
         records = self.trainer.datamodule.val_records
+        counts = torch.zeros(2, dtype=torch.float64)
         for i, slot, text in zip(
-            batch["index"].tolist(), batch["slot"].tolist(), gen.texts, strict=True
+            batch["index"].tolist(), batch["slot"].tolist(), texts, strict=True
         ):
             if slot >= 0:
-                self._val_counts += torch.tensor([grade(self.task, text, records[i]), 1.0])
-        if latents is not None:
-            self.validate_sampled(batch, prefix, latents)
+                counts += torch.tensor([grade(self.task, text, records[i]), 1.0])
+        return counts
 
     def validate_sampled(
         self, batch: dict[str, torch.Tensor], prefix: Prefix, latents: torch.Tensor
@@ -233,6 +252,9 @@ class StageModule(L.LightningModule):
         spread, batches = self.all_sum(self._val_spread).tolist()
         if batches:  # the mean over validation batches (each of one rank's questions)
             self.log("val/latent_spread", spread / batches, sync_dist=True)
+        blind, asked = self.all_sum(self._val_blind).tolist()
+        if asked:
+            self.log("val/blind_accuracy", blind / asked, sync_dist=True)
         correct, total = self.all_sum(self._val_counts).tolist()
         if total:
             self.log("val/accuracy", correct / total, prog_bar=True, sync_dist=True)

@@ -13,6 +13,7 @@ from lrt.training.optim import OptimConfig
 
 EXPLORATIONS = ("latent", "answer", "both")
 LATENT_LOGPROBS = ("sum", "mean")
+LATENT_LOSSES = ("none", "colar")
 
 
 def _positive(value: int | float | None) -> bool:
@@ -46,6 +47,9 @@ class StageSettings:
     questions than another (GRPO: 200, where 64 questions give +-12 points)."""
     checkpoint_every_n_steps: int = 50
     val_at_start: bool = False
+    val_blind: bool = True
+    """`lrt` validation also decodes with the question withheld from the base and logs
+    `val/blind_accuracy`: what the latents alone carry (the channel)."""
     """Validate once before the first step (not on resume): the curves start at the reasoner
     the stage was given, and `reasoner/best` is that reasoner unless a step beats it."""
 
@@ -85,6 +89,42 @@ class StageSettings:
 @dataclass
 class SFTSettings(StageSettings):
     """`stage=sft`: answer likelihood given the latents (DESIGN.md section 1)."""
+
+    question_dropout: float = 0.0
+    """The fraction of each batch's questions trained with the question withheld from the
+    base (its attention mask 0 on the user's text, as `lrt-blind` evaluates), so that the
+    latents must carry what the answer needs. Drawn per question from (seed, step, its place
+    in the global batch): the same rows on any number of ranks, and again on resume."""
+
+    latent_loss: str = "none"
+    """An objective on the latents themselves beside the answer's likelihood: `colar` (CoLaR,
+    Tan et al. 2025): latent i regresses the mean input embedding of the i-th of K equal
+    chunks of the record's written solution (mean squared error over the embedding RMS
+    squared), so the solution's content is put into Z; train it with the bare answer after the
+    span (`data.prompt.target=answer`). `none`: the answer's likelihood alone."""
+    latent_loss_weight: float = 1.0
+    """The latent objective's weight against the mean answer-token NLL."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.question_dropout <= 1.0:
+            raise ConfigError(f"stage.question_dropout={self.question_dropout} must be in [0, 1]")
+        if self.latent_loss not in LATENT_LOSSES:
+            raise ConfigError(
+                f"stage.latent_loss={self.latent_loss!r} is not one of {LATENT_LOSSES}"
+            )
+        if self.latent_loss_weight < 0:
+            raise ConfigError(f"stage.latent_loss_weight={self.latent_loss_weight} must be >= 0")
+
+
+@dataclass
+class ReconstructSettings(SFTSettings):
+    """`stage=reconstruct`: ICAE-style autoencoding (Ge et al. 2024). The base sees the
+    template and Z with the question withheld (every row, as `lrt-blind`) and is trained,
+    through Z only, to write the question's own text. Every training question is free data;
+    `init_from=<its reasoner>` starts SFT from it."""
+
+    name: str = "reconstruct"
 
 
 @dataclass

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 from lrt.latent_lm import LatentLM
 from lrt.training.base import StageModule
+from lrt.training.latent_targets import chunk_means, colar_loss
 from lrt.training.settings import SFTSettings
 
 Batch = dict[str, torch.Tensor]
@@ -25,27 +27,78 @@ class SFTModule(StageModule):
         super().__init__(lm, task, settings, **run)
         self._val_nll = torch.zeros(2, dtype=torch.float64)
         self._latents: list[torch.Tensor] = []
+        self._tokens_per_row = 1.0
+        """Global answer tokens per counted question of the step: turns the latent objective's
+        per-question sum into the same units as the NLL's per-token sum."""
 
-    def answer_nll(self, batch: Batch, keep_latents: bool = True) -> torch.Tensor:
-        """Summed negative log-likelihood of the batch's answer tokens; a training step keeps
-        the latents for the log of their spread (validation does not: they would stay in
-        memory until the next step)."""
-        return self.lm.sft_loss(
+    def answer_nll(self, batch: Batch, training: bool = True) -> torch.Tensor:
+        """Summed negative log-likelihood of the batch's answer tokens, plus in training the
+        latent objective (`stage.latent_loss`) weighted per counted question. A training step
+        keeps the latents for the log of their spread (validation does not: they would stay
+        in memory until the next step)."""
+        extra: list[torch.Tensor] = []
+
+        def seen(z: torch.Tensor) -> None:
+            if not training:
+                return
+            self._latents.append(z.detach())
+            if self.settings.latent_loss == "colar":
+                extra.append(self.colar_sum(z, batch))
+
+        nll = self.lm.sft_loss(
             batch["input_ids"],
             batch["attention_mask"],
             batch["answer_ids"],
             batch["answer_mask"],
             reduction="sum",
-            on_latents=(lambda z: self._latents.append(z.detach())) if keep_latents else None,
+            on_latents=seen,
+            blind=batch.get("blind"),
         )
+        if extra:
+            nll = nll + self.settings.latent_loss_weight * self._tokens_per_row * extra[0]
+        return nll
+
+    def colar_sum(self, latents: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """`colar_loss` summed over the batch's counted questions, against their solutions'
+        chunk means (`latent_targets.chunk_means`)."""
+        records = self.trainer.datamodule.train_records
+        texts = [records[i].solution or "" for i in batch["index"].tolist()]
+        k = latents.shape[1]
+        pairs = []
+        with torch.no_grad():
+            for ids in self.lm.tokenizer(texts, add_special_tokens=False).input_ids:
+                ids_t = torch.tensor(ids, dtype=torch.long, device=latents.device)
+                pairs.append(chunk_means(self.lm.backbone.embed(ids_t).float(), k))
+        targets = torch.stack([t for t, _ in pairs])
+        has = torch.stack([h for _, h in pairs])
+        per_row = colar_loss(latents, targets, has, self.lm.backbone.embedding_rms())
+        return (per_row * (batch["slot"] >= 0).to(per_row.dtype)).sum()
+
+    def blind_rows(self, slots: torch.Tensor) -> torch.Tensor | None:
+        """Which rows train with the question withheld from the base (`question_dropout`): a
+        draw per place in the global batch from (seed, step), so the same questions on any
+        number of ranks and on resume (padding rows, slot -1, never)."""
+        p = self.settings.question_dropout
+        if p <= 0:
+            return None
+        state = np.random.SeedSequence([self.seed, self.global_step, 0x9D])
+        gen = torch.Generator().manual_seed(int(state.generate_state(1)[0]))
+        draws = torch.rand(self.settings.batch_size, generator=gen)
+        blind = (draws[slots.clamp(min=0).cpu()] < p) & (slots.cpu() >= 0)
+        return blind.to(slots.device)
 
     def training_step(self, batch: Batch, batch_idx: int) -> None:
         started = time.perf_counter()
         counted = (batch["slot"] >= 0).unsqueeze(1)  # padding rows of a rank's slice: no loss
         batch = {**batch, "answer_mask": batch["answer_mask"] * counted}
+        blind = self.blind_rows(batch["slot"])
+        if blind is not None:
+            batch["blind"] = blind
         b = batch["input_ids"].shape[0]
         chunks = length_grouped_chunks(batch, self.settings.micro_batch_size or b)
         tokens = self.all_sum(batch["answer_mask"].sum())
+        questions = self.all_sum((batch["slot"] >= 0).sum())
+        self._tokens_per_row = float(tokens / questions.clamp(min=1))
         self._latents = []
         loss = self.optimizer_step_on(chunks, self.answer_nll, tokens)
         self.log("train/loss", float(loss), prog_bar=True, batch_size=b)  # global already
@@ -76,7 +129,7 @@ class SFTModule(StageModule):
         """Teacher-forced answer loss, plus the greedy accuracy every stage reports."""
         counted = (batch["slot"] >= 0).unsqueeze(1)
         masked = {**batch, "answer_mask": batch["answer_mask"] * counted}
-        nll = self.answer_nll(masked, keep_latents=False)
+        nll = self.answer_nll(masked, training=False)
         self._val_nll += torch.tensor([float(nll), float(masked["answer_mask"].sum())])
         super().validation_step(batch, batch_idx)
 
