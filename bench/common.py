@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from lrt.backbone import Backbone, backbone_config, load_backbone
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 from lrt.reasoner import build_reasoner
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,9 +22,9 @@ from common import environment, load, parser, ratio, sync, write_json
 
 from lrt.data.prompts import PromptConfig, format_prompt
 from lrt.data.tasks import load_task
-from lrt.decoding import Decoder
 from lrt.evaluation.predict import prompt_variant
-from lrt.latent_lm import LatentLM
+from lrt.lm.decoding import Decoder
+from lrt.lm.latent_lm import LatentLM
 from lrt.modes import DecodeConfig
 
 

@@ -24,7 +24,7 @@ from common import ROOT, environment, latent_lm, load, parser, ratio, write_json
 from lrt.data.prompts import PromptConfig
 from lrt.data.tasks import load_task
 from lrt.evaluation import accuracy, mean_tokens, predict
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 from lrt.modes import DecodeConfig
 from lrt.reasoner import load_reasoner
 

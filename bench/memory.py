@@ -7,7 +7,7 @@ inputs already resident, after a short warm-up step). The variants:
 
 - `full log-softmax`: today's numbers computed the old way, a float32 log-softmax over
   `[B, m, V]` kept for the backward pass (`token_logprobs` swapped for it);
-- `selective`: chunked chosen-token log-probs (`lrt.logprobs`), the default;
+- `selective`: chunked chosen-token log-probs (`lrt.lm.logprobs`), the default;
 - `+ checkpointing`: each also with `model.activation_checkpointing=true`.
 
 The GRPO step is the loss pass of answer-mode GRPO: B prompts encoded once, forked into G
@@ -29,7 +29,7 @@ import time
 import torch
 from common import environment, latent_lm, load, parser, random_ids, ratio, sync, write_json
 
-import lrt.latent_lm
+import lrt.lm.latent_lm
 from lrt.training.grpo_loss import group_advantages, policy_loss
 
 VARIANTS = {
@@ -75,7 +75,7 @@ def measure(fn, device: str) -> tuple[float, float]:
 def run_variant(args, name: str) -> dict:
     selective, checkpointing = VARIANTS[name]
     if not selective:
-        lrt.latent_lm.token_logprobs = full_logprobs
+        lrt.lm.latent_lm.token_logprobs = full_logprobs
     backbone = load(args.model, args.device, activation_checkpointing=checkpointing)
     lm = latent_lm(backbone, args.k)
     b, g, m = args.batch, args.group, args.answer_len

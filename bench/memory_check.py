@@ -28,7 +28,7 @@ from common import (
 )
 from memory_model import Setup, Shape, phases
 
-from lrt import logprobs
+from lrt.lm import logprobs
 
 CASES = [
     # (step, activation checkpointing, LM-head chunk)
@@ -46,10 +46,10 @@ def measure_case(args: Any, step: str, checkpointing: bool, chunk: int) -> dict[
     model's prediction for the same sizes in float32."""
     import functools
 
-    import lrt.latent_lm
+    import lrt.lm.latent_lm
     from lrt.training.grpo_loss import group_advantages, policy_loss
 
-    lrt.latent_lm.token_logprobs = functools.partial(logprobs.token_logprobs, chunk=chunk)
+    lrt.lm.latent_lm.token_logprobs = functools.partial(logprobs.token_logprobs, chunk=chunk)
     backbone = load(args.model, "cpu", activation_checkpointing=checkpointing)
     lm = latent_lm(backbone, args.k)
     b = args.batch if step == "sft" else 1

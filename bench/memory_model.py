@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from lrt import logprobs
+from lrt.lm import logprobs
 from lrt.reasoner import build_reasoner
 
 GiB = 2**30

@@ -69,7 +69,7 @@ from lrt.backbone import Backbone
 from lrt.data.prompts import PromptConfig, format_prompt
 from lrt.data.records import Record
 from lrt.data.tasks import load_task
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 from lrt.reasoner import load_reasoner
 
 TASK = "arith"

@@ -84,8 +84,9 @@ class BackboneConfig:
     the flash-attn package is installed (GPU)."""
     activation_checkpointing: bool = False
     """Recompute the frozen base's layer activations in the backward pass instead of keeping
-    them (`lrt/checkpointing.py`): passes that back-propagate through it (SFT, GRPO with
-    answer exploration) then fit long answers in much less memory, for about one more forward."""
+    them (`lrt/lm/activation_checkpointing.py`): passes that back-propagate through it (SFT,
+    GRPO with answer exploration) then fit long answers in much less memory, for about one
+    more forward."""
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:

@@ -33,7 +33,7 @@ from lrt.data.datamodule import LRTDataModule
 from lrt.data.loading import load_limited_split
 from lrt.errors import CheckpointError, ConfigError, DataError
 from lrt.evaluation.predict import mode_rows
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 from lrt.loggers import build_loggers
 from lrt.modes import DecodeConfig, parse_mode, with_controls
 from lrt.plots import grpo_curves, train_curves

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from lrt.backbone import Backbone, backbone_config, load_backbone
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 from lrt.reasoner import build_reasoner
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """Thinking modes are graded on the answer after the thinking span, never on the thinking.
 
 The tiny random model cannot be made to write `\\boxed{42}` while thinking, so these tests
-script the tokens it samples (`lrt.decoding.sample_tokens`) and run everything else for real:
+script the tokens it samples (`lrt.lm.decoding.sample_tokens`) and run everything else for real:
 the decoder's budget forcing and close detection, `predict`'s grading, hybrid's routing, STIR's
 steered decoder and its mining rollouts.
 """
@@ -20,7 +20,7 @@ from lrt.baselines.stir.rollouts import sample_rollouts
 from lrt.data.prompts import PromptConfig
 from lrt.data.records import Record
 from lrt.evaluation import Prediction, predict
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 from lrt.modes import DecodeConfig
 
 BUDGET = 24
@@ -86,7 +86,7 @@ def script(monkeypatch: pytest.MonkeyPatch, tiny_lm: LatentLM) -> Install:
     """`install(ids)` makes the decoder sample `ids`."""
 
     def install(tokens: list[int]) -> None:
-        monkeypatch.setattr("lrt.decoding.sample_tokens", Script(tokens, tiny_lm.eos_ids[0]))
+        monkeypatch.setattr("lrt.lm.decoding.sample_tokens", Script(tokens, tiny_lm.eos_ids[0]))
 
     return install
 

@@ -13,7 +13,7 @@ from lrt.backbone import BackboneConfig, backbone_config, load_backbone
 from lrt.data.prompts import PromptConfig, format_prompt
 from lrt.data.records import Record
 from lrt.errors import ConfigError
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 

@@ -5,28 +5,24 @@ solution (`stage.latent_loss=colar`)."""
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import SUBPROCESS_TIMEOUT_S
 
 from lrt.backbone import Backbone
 from lrt.data.arith import load_arith
 from lrt.data.prompts import PromptConfig, format_prompt, target_text
 from lrt.errors import ConfigError
 from lrt.evaluation.predict import predict_modes
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 from lrt.modes import DecodeConfig, mode_labels
 from lrt.reasoner import build_reasoner
 from lrt.training.latent_targets import chunk_means, colar_loss
 from lrt.training.settings import SFTSettings
 from lrt.training.sft import SFTModule
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"num_latents": 4, "width": 32, "depth": 2, "heads": 4}
 
 
@@ -190,16 +186,6 @@ def test_colar_targets_are_the_mean_embeddings_of_k_solution_chunks() -> None:
         SFTSettings(latent_loss="codi")
 
 
-def run_train(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "train.py", *overrides],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT_S,
-    )
-
-
 TINY = [
     "model=tiny_random",
     "reasoner.width=32",
@@ -220,27 +206,27 @@ def metrics(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.slow
-def test_reconstruct_then_sft_with_dropout_and_colar_end_to_end(tmp_path: Path) -> None:
+def test_reconstruct_then_sft_with_dropout_and_colar_end_to_end(
+    tmp_path: Path, compose_train, train_script, caplog: pytest.LogCaptureFixture
+) -> None:
     """`stage=reconstruct` trains on the question with every row blind and writes no held-out
     table; SFT chained from its reasoner logs `val/blind_accuracy` and tabulates `lrt-blind`."""
     rec = tmp_path / "rec"
-    result = run_train(*TINY, "stage=reconstruct", f"hydra.run.dir={rec}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "reconstruct on arith (target: question)" in result.stdout + result.stderr
+    with caplog.at_level("INFO", logger="lrt.train"):
+        train_script.run(compose_train(f"run_dir={rec}", *TINY, "stage=reconstruct"))
+    assert "reconstruct on arith (target: question)" in caplog.text
     assert not (rec / "final_eval.md").exists()
     assert any(row.get("val/loss") for row in metrics(rec))
+    assert not any(row.get("val/accuracy") for row in metrics(rec))  # no answer to grade
     sft = tmp_path / "sft"
-    result = run_train(
-        *TINY,
+    overrides = [
         f"init_from={rec / 'reasoner' / 'final'}",
         "stage.question_dropout=0.5",
         "stage.latent_loss=colar",
         "data.prompt.target=answer",
         "final_eval.modes=[lrt]",
-        f"hydra.run.dir={sft}",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    ]
+    train_script.run(compose_train(f"run_dir={sft}", *TINY, *overrides))
     assert any(row.get("val/blind_accuracy") for row in metrics(sft))
     table = (sft / "final_eval.md").read_text()
     assert "lrt-blind" in table and "lrt-swap" in table

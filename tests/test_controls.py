@@ -16,7 +16,7 @@ from lrt.data.prompts import PromptConfig, format_prompt
 from lrt.errors import ConfigError
 from lrt.evaluation.metrics import compare_to_swap, summarize
 from lrt.evaluation.predict import batch_starts, predict_modes, swapped
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 from lrt.modes import DecodeConfig, mode_labels
 from lrt.reasoner import build_reasoner, latent_spread, load_reasoner
 

@@ -9,10 +9,10 @@ import torch
 from conftest import latent_lm
 from test_latent_lm import PROMPTS
 
-import lrt.decoding
+import lrt.lm.decoding
 from lrt.backbone import Backbone
-from lrt.decoding import Decoder, Generation
-from lrt.latent_lm import LatentLM
+from lrt.lm.decoding import Decoder, Generation
+from lrt.lm.latent_lm import LatentLM
 
 SETTINGS = {"max_answer_tokens": 8, "budget": 10}
 
@@ -81,7 +81,7 @@ def test_the_host_looks_every_n_steps_and_changes_nothing(
     every_step = stopping_lm.generate(prefix, "lrt", temperature=1.0, all_done=all_done, **SETTINGS)
     steps = len(votes)
     votes.clear()
-    monkeypatch.setattr(lrt.decoding, "SYNC_EVERY", {"cpu": 3})
+    monkeypatch.setattr(lrt.lm.decoding, "SYNC_EVERY", {"cpu": 3})
     every_third = stopping_lm.generate(
         prefix, "lrt", temperature=1.0, all_done=all_done, **SETTINGS
     )
@@ -99,7 +99,7 @@ def test_a_close_marker_that_is_one_token_is_matched_by_id(
     tiny_lm = latent_lm(tiny_backbone, num_latents=4)
     prefix = tiny_lm.encode(*tiny_lm.tokenize_prompts(PROMPTS * 3))
     close = tiny_lm.tokenizer.convert_tokens_to_ids("</think>")
-    sample = lrt.decoding.sample_tokens
+    sample = lrt.lm.decoding.sample_tokens
     step = {"t": 0}
 
     def closing(logits: torch.Tensor, *args: object) -> torch.Tensor:
@@ -109,7 +109,7 @@ def test_a_close_marker_that_is_one_token_is_matched_by_id(
             tokens[0] = close
         return tokens
 
-    monkeypatch.setattr(lrt.decoding, "sample_tokens", closing)
+    monkeypatch.setattr(lrt.lm.decoding, "sample_tokens", closing)
     looked: list[int] = []
     closes = Decoder._closes
     monkeypatch.setattr(Decoder, "_closes", lambda *a: looked.append(1) or closes(*a))

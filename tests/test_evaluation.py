@@ -42,7 +42,7 @@ from lrt.evaluation.metrics import (
     mcnemar_p,
     paired_difference,
 )
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 from lrt.modes import DecodeConfig
 from lrt.reasoner import build_reasoner
 

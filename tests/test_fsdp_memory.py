@@ -24,7 +24,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from lrt.backbone import backbone_config, load_backbone
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = 4

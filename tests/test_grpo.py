@@ -23,7 +23,7 @@ from torch.distributions import Normal, kl_divergence
 from lrt.backbone import Backbone, BackboneConfig, load_backbone
 from lrt.data.records import Record
 from lrt.errors import CheckpointError, ConfigError
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 from lrt.reasoner import build_reasoner, load_reasoner
 from lrt.schema import typed
 from lrt.training.grpo import GRPOModule

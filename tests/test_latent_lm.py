@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lrt.decoding import Decoder
-from lrt.latent_lm import LatentLM
+from lrt.lm.decoding import Decoder
+from lrt.lm.latent_lm import LatentLM
 
 PROMPTS = [
     "<|im_start|>user\nStart with 4. Add 13.<|im_end|>\n<|im_start|>assistant\n",

@@ -15,8 +15,8 @@ from lrt.data.prompts import PromptConfig
 from lrt.data.tasks import load_task
 from lrt.errors import ConfigError
 from lrt.evaluation.predict import predict, predict_modes
-from lrt.latent_lm import LatentLM
-from lrt.logprobs import token_logprobs
+from lrt.lm.latent_lm import LatentLM
+from lrt.lm.logprobs import token_logprobs
 from lrt.modes import DecodeConfig
 
 PROMPTS = [

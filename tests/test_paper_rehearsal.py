@@ -267,7 +267,7 @@ def test_paper_sft_then_grpo_then_the_paper_evaluation(
     model: str, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_script
 ) -> None:
     from lrt.backbone import backbone_config, load_backbone
-    from lrt.latent_lm import LatentLM
+    from lrt.lm.latent_lm import LatentLM
     from lrt.reasoner import load_reasoner
 
     fed = FedInputs()

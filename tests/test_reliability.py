@@ -257,7 +257,7 @@ def test_ctrl_c_finishes_the_batch_writes_last_ckpt_and_stops(
     tmp_path: Path, compose_train: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SIGINT mid-step takes SIGTERM's path: no KeyboardInterrupt half-way through a step."""
-    from lrt.latent_lm import LatentLM
+    from lrt.lm.latent_lm import LatentLM
 
     real, calls = LatentLM.sft_loss, iter(range(1000))
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the suite runs in the background
@@ -366,7 +366,7 @@ GUARDED = [*TINY, "stage.max_steps=6", "stage.val_every_n_steps=100"]
 
 def nan_loss_at(monkeypatch: pytest.MonkeyPatch, steps: set[int]) -> None:
     """Make the SFT loss NaN at these (0-based) training steps."""
-    from lrt.latent_lm import LatentLM
+    from lrt.lm.latent_lm import LatentLM
 
     real = LatentLM.sft_loss
     calls = iter(range(1000))

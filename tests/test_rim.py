@@ -23,7 +23,7 @@ from lrt.baselines.rim.steps import require_steps
 from lrt.data.records import Record
 from lrt.data.tasks import load_task
 from lrt.errors import CheckpointError, ConfigError, DataError
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ROOT / "conf" / "model" / "tiny_random.yaml"

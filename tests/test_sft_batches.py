@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 from lrt.reasoner import latent_spread
 from lrt.training.sft import SFTModule, length_grouped_chunks
 

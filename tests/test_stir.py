@@ -25,7 +25,7 @@ from lrt.data.settings import SplitConfig
 from lrt.errors import CheckpointError, ConfigError
 from lrt.evaluation.discovery import Checkpoint, refuse_seen
 from lrt.evaluation.predict import predict_modes
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 from lrt.modes import DecodeConfig
 
 REPLACEMENT = "\ufffd"

@@ -28,7 +28,7 @@ from lrt.backbone import load_backbone
 from lrt.config import validate_train
 from lrt.data.loading import load_train_val
 from lrt.data.prompts import format_prompt
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 from lrt.reasoner import load_reasoner
 from lrt.training.grpo import GRPOModule
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The command sequence behind README's "GRPO after SFT" table and docs/grpo_arith/README.md
-# (issue 33). Two jobs run side by side, one thread each, on the 2-core CPU (the gradient-noise
-# measurement alone, two threads). OUT is where the runs go.
+# The command sequence behind the tables of docs/grpo_arith/README.md (issue 33). Two jobs
+# run side by side, one thread each, on the 2-core CPU (the gradient-noise measurement alone,
+# two threads). OUT is where the runs go.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-outputs/grpo_arith}

@@ -24,7 +24,7 @@ from lrt.checkpoint import read_checkpoint
 from lrt.data.overlap import normalised
 from lrt.data.records import Record
 from lrt.errors import CheckpointError, ConfigError
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 from lrt.reasoner import is_reasoner_folder, load_reasoner, read_config
 
 log = logging.getLogger("lrt.evaluate")

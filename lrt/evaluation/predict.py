@@ -14,20 +14,20 @@ from typing import Any
 
 import torch
 
-from lrt import sampling
 from lrt.data.prompts import PromptConfig, format_prompt
 from lrt.data.records import Record
-from lrt.decoding import Generation
 from lrt.distributed import gather_objects, world
 from lrt.errors import ConfigError
 from lrt.evaluation.metrics import compare_to_best_baseline, compare_to_swap, summarize
 from lrt.evaluation.prediction import Prediction
 from lrt.grading import extract, grade
-from lrt.latent_lm import LatentLM
+from lrt.lm import sampling
+from lrt.lm.decoding import Generation
+from lrt.lm.latent_lm import LatentLM
+from lrt.lm.prefix import Prefix
+from lrt.lm.sampling import RowNoise
 from lrt.modes import DecodeConfig, mode_of, parse_mode
-from lrt.prefix import Prefix
 from lrt.reasoner import latent_spread
-from lrt.sampling import RowNoise
 
 
 @dataclass

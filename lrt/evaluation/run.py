@@ -43,7 +43,7 @@ from lrt.evaluation.jobs import EvalTask, run_jobs
 from lrt.evaluation.methods import METHODS, loader
 from lrt.evaluation.pairs import check_pairs, load_predictions, paired_rows, paired_table
 from lrt.evaluation.tabulate import tabulate
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 from lrt.loggers import build_loggers
 from lrt.modes import DecodeConfig, mode_labels, mode_of, needs_reasoner, of_base
 from lrt.plots import pareto_plot, sweep_plot

@@ -5,7 +5,7 @@ reparameterisation (Li & Liang 2021): the query reasoner's own network, whose cr
 reads one constant state instead of the question. The control thus has the reasoner's size,
 initialisation and optimisation, everything but the question, so whatever a trained reasoner
 gains over it is what its latents carry about the question (DESIGN.md section 5). (Free
-vectors trained directly, the plain form, learned more slowly on arith: README.)
+vectors trained directly, the plain form, learned more slowly on arith: docs/latents.md.)
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ import torch
 from lrt.checkpoint import check_base_model
 from lrt.errors import CheckpointError, NonFiniteLossError
 from lrt.grading import grade
-from lrt.latent_lm import LatentLM
-from lrt.prefix import Prefix
+from lrt.lm.latent_lm import LatentLM
+from lrt.lm.prefix import Prefix
 from lrt.reasoner import latent_spread
 from lrt.training.optim import configure
 from lrt.training.settings import StageSettings

@@ -43,8 +43,8 @@ from lrt.data.collate import pad_token_rows
 from lrt.data.records import Record
 from lrt.errors import CheckpointError
 from lrt.grading import extract, grade
-from lrt.latent_lm import LatentLM
-from lrt.prefix import Prefix
+from lrt.lm.latent_lm import LatentLM
+from lrt.lm.prefix import Prefix
 from lrt.training.base import StageModule
 from lrt.training.difficulty import PassRates
 from lrt.training.grpo_loss import (

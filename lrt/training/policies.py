@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from lrt import sampling
-from lrt.latent_lm import LatentLM
-from lrt.prefix import Prefix
-from lrt.sampling import RowNoise
+from lrt.lm import sampling
+from lrt.lm.latent_lm import LatentLM
+from lrt.lm.prefix import Prefix
+from lrt.lm.sampling import RowNoise
 from lrt.training.grpo_loss import gaussian_kl, gaussian_logprob, k3_kl
 
 LATENT_STREAM, ANSWER_STREAM, VAL_STREAM = 1, 2, 3

@@ -7,8 +7,8 @@ from dataclasses import dataclass, fields
 import torch
 
 from lrt.data.records import Record
-from lrt.decoding import Generation
-from lrt.prefix import Prefix
+from lrt.lm.decoding import Generation
+from lrt.lm.prefix import Prefix
 
 ANSWER_COLUMNS = (
     "answer_ids",

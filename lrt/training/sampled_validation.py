@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lrt import sampling
 from lrt.grading import grade
-from lrt.prefix import Prefix
-from lrt.sampling import RowNoise
+from lrt.lm import sampling
+from lrt.lm.prefix import Prefix
+from lrt.lm.sampling import RowNoise
 from lrt.training.policies import VAL_STREAM
 
 if TYPE_CHECKING:

@@ -40,7 +40,7 @@ class StageSettings:
     val_batch_size: int | None = None
     """Validation questions decoded together on a rank (null: `batch_size`): its own width, so
     that validation need not decode in training-sized batches (on the default CPU job the gain
-    was within noise: README, "The default job's recipe")."""
+    was within noise: docs/default_recipe.md)."""
     val_limit: int | None = None
     """How many of `data.val`'s questions this stage validates on (null: `data.val.limit`),
     so that a stage that chooses its best checkpoint among close ones can validate on more

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 from lrt.training.base import StageModule
 from lrt.training.latent_targets import chunk_means, colar_loss
 from lrt.training.settings import SFTSettings

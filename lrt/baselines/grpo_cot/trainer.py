@@ -34,7 +34,7 @@ from lrt.data.prompt_limit import PromptLimit
 from lrt.data.records import Record
 from lrt.errors import CheckpointError, ConfigError
 from lrt.evaluation.predict import mode_rows
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 from lrt.loggers import wandb_run_id, wandb_should_be_offline
 from lrt.modes import DecodeConfig, parse_mode
 from lrt.report import held_out_rows, print_table

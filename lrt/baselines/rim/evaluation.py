@@ -13,7 +13,7 @@ from lrt.adapter import adapter_label, find_adapter, merged_backbone
 from lrt.baselines.rim.memory import MemoryBlocks
 from lrt.baselines.rim.model import RiMLM, read_meta
 from lrt.evaluation.discovery import Checkpoint
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 
 
 def load_rim(sources: Sequence[str], base: LatentLM) -> list[Checkpoint]:

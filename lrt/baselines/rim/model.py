@@ -23,12 +23,12 @@ from lrt.baselines.rim.layout import Layout
 from lrt.baselines.rim.lora import add_lora, lora_dropouts, save_lora
 from lrt.baselines.rim.memory import MemoryBlocks
 from lrt.baselines.rim.settings import RiMSettings
-from lrt.decoding import Decoder, Generation
 from lrt.errors import CheckpointError
-from lrt.latent_lm import LatentLM
-from lrt.logprobs import token_logprobs
-from lrt.prefix import Prefix
-from lrt.sampling import RowNoise
+from lrt.lm.decoding import Decoder, Generation
+from lrt.lm.latent_lm import LatentLM
+from lrt.lm.logprobs import token_logprobs
+from lrt.lm.prefix import Prefix
+from lrt.lm.sampling import RowNoise
 
 MODE = "rim"
 

@@ -1,7 +1,7 @@
 """The `stir` mode: `cot` decoding steered by a library, with Retrieve-Preview-Commit at each
 segment boundary, and the loader `evaluate.py stir_library=<folder>` uses.
 
-Decoding is `cot`'s own batched loop (`lrt.decoding.Decoder`); a steered decoder acts only at
+Decoding is `cot`'s own batched loop (`lrt.lm.decoding.Decoder`); a steered decoder acts only at
 the step that feeds a segment's last token d (the last prefill position of STIR's next call):
 - the ordinary unsteered forward of d gives the query states and the null continuation;
 - Retrieve, then Preview: each candidate (and a null probe) re-feeds d from a copy of the row's
@@ -27,11 +27,11 @@ from lrt.baselines.stir.library import FOLDER, Library
 from lrt.baselines.stir.rollouts import ends_segment
 from lrt.baselines.stir.settings import OnlineSettings
 from lrt.baselines.stir.steering import commit, inject, layer_outputs, retrieve
-from lrt.decoding import Decoder, Generation, positions
 from lrt.evaluation.discovery import Checkpoint
-from lrt.latent_lm import LatentLM
-from lrt.prefix import Prefix
-from lrt.sampling import RowNoise
+from lrt.lm.decoding import Decoder, Generation, positions
+from lrt.lm.latent_lm import LatentLM
+from lrt.lm.prefix import Prefix
+from lrt.lm.sampling import RowNoise
 
 
 def row_cache(cache: DynamicCache, rows: Sequence[int], config: Any) -> DynamicCache:

@@ -24,9 +24,9 @@ from safetensors.torch import load_file, save_file
 from lrt.baselines.stir.rollouts import Rollout
 from lrt.baselines.stir.settings import STIRSettings
 from lrt.baselines.stir.steering import layer_outputs
-from lrt.decoding import positions
 from lrt.errors import CheckpointError, ConfigError, one_line
-from lrt.latent_lm import LatentLM
+from lrt.lm.decoding import positions
+from lrt.lm.latent_lm import LatentLM
 
 
 @dataclass

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lrt import sampling
 from lrt.data.prompts import PromptConfig, format_prompt
 from lrt.data.records import Record
 from lrt.evaluation.predict import prompt_variant
 from lrt.grading import grade
-from lrt.latent_lm import LatentLM
-from lrt.sampling import RowNoise
+from lrt.lm import sampling
+from lrt.lm.latent_lm import LatentLM
+from lrt.lm.sampling import RowNoise
 
 MODE = "stir"
 """The mode whose prompt mining reads: the states must be those `stir` meets online."""

@@ -32,7 +32,7 @@ from lrt.data.overlap import shared_questions
 from lrt.data.records import Record
 from lrt.errors import ConfigError
 from lrt.evaluation.predict import mode_rows
-from lrt.latent_lm import LatentLM
+from lrt.lm.latent_lm import LatentLM
 from lrt.modes import DecodeConfig, parse_mode
 from lrt.report import held_out_rows, print_table
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from lrt.decoding import Decoder
+    from lrt.lm.decoding import Decoder
 
 
 @dataclass

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from transformers import DynamicCache
 
-from lrt.device_rows import DeviceRows
-from lrt.sampling import RowNoise, sample_tokens
+from lrt.lm.device_rows import DeviceRows
+from lrt.lm.sampling import RowNoise, sample_tokens
 
 if TYPE_CHECKING:
-    from lrt.latent_lm import LatentLM
+    from lrt.lm.latent_lm import LatentLM
 
 
 SYNC_EVERY = {"cuda": 16}

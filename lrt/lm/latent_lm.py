@@ -17,17 +17,17 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from lrt import checkpointing
 from lrt.backbone import Backbone
 from lrt.data.collate import pad_answers, pad_prompts
 from lrt.data.prompts import question_mask, template_frame
-from lrt.decoding import Decoder, Generation, positions
 from lrt.errors import ConfigError
-from lrt.logprobs import token_logprobs
+from lrt.lm import activation_checkpointing
+from lrt.lm.decoding import Decoder, Generation, positions
+from lrt.lm.logprobs import token_logprobs
+from lrt.lm.prefix import Prefix
+from lrt.lm.sampling import RowNoise
 from lrt.modes import DECODED
-from lrt.prefix import Prefix
 from lrt.reasoner import Reasoner
-from lrt.sampling import RowNoise
 
 
 class _Captured(Exception):
@@ -75,7 +75,7 @@ class LatentLM(nn.Module):
         prefill = backbone.config.nothink_prefill or ""
         self.register_buffer("prefill_ids", self._ids(prefill), persistent=False)
         if backbone.config.activation_checkpointing:
-            checkpointing.enable(self.base)
+            activation_checkpointing.enable(self.base)
         self.eos_ids = backbone.eos_token_ids
 
     def _ids(self, text: str) -> torch.Tensor:
