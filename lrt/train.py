@@ -33,6 +33,7 @@ from lrt.data.datamodule import LRTDataModule
 from lrt.data.loading import load_limited_split
 from lrt.errors import CheckpointError, ConfigError, DataError
 from lrt.evaluation.predict import mode_rows
+from lrt.evaluation.prediction import Prediction
 from lrt.lm.latent_lm import LatentLM
 from lrt.loggers import build_loggers
 from lrt.modes import DecodeConfig, parse_mode, with_controls
@@ -199,6 +200,7 @@ def final_comparison(
         config.data, "test", data.prompt_limit, lm.tokenizer, prompt, system
     )
     final = config.final_eval
+    answers: list[Prediction] = []
     rows = mode_rows(
         lm,
         config.data.task,
@@ -209,6 +211,7 @@ def final_comparison(
         final.batch_size,
         config.seed,
         all_done=module.all_done,
+        keep=answers,
     )
     if zero:
         assert config.data.test is not None
@@ -217,6 +220,12 @@ def final_comparison(
         if steps := by_steps_rows(rows):
             print_table(f"{title}, by solution steps", steps, path=run_dir / "final_eval_steps.md")
         (run_dir / "final_eval.json").write_text(json.dumps(rows, indent=2) + "\n")
+        # As evaluate.py writes them (checkpoint "final"), so `paired` and pooled tests over
+        # seeds can compare runs question by question without decoding again.
+        with (run_dir / "final_eval_predictions.jsonl").open("w") as f:
+            for p in answers:
+                row = {"checkpoint": "final", "task": config.data.task, **p.to_dict()}
+                f.write(json.dumps(row) + "\n")
     return rows
 
 

@@ -5,6 +5,7 @@ solution (`stage.latent_loss=colar`)."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -230,3 +231,60 @@ def test_reconstruct_then_sft_with_dropout_and_colar_end_to_end(
     assert any(row.get("val/blind_accuracy") for row in metrics(sft))
     table = (sft / "final_eval.md").read_text()
     assert "lrt-blind" in table and "lrt-swap" in table
+    answers = [
+        json.loads(x) for x in (sft / "final_eval_predictions.jsonl").read_text().splitlines()
+    ]
+    assert {a["mode"] for a in answers} == {"lrt", "lrt-swap", "lrt-blind"}
+    assert len(answers) == 3 * 4 and all(a["checkpoint"] == "final" for a in answers)
+
+
+BLANK = {
+    "text": "",
+    "extracted": None,
+    "tokens": 1,
+    "positions": 1,
+    "after_prompt": 1,
+    "batch_time_s": 0.0,
+    "time_per_question_s": 0.0,
+    "ttft_s": 0.0,
+    "truncated": False,
+    "confidence": 0.0,
+}
+
+
+def test_pooled_difference_pairs_each_seed_and_resamples_questions(tmp_path: Path) -> None:
+    from lrt.evaluation.pooled import main, pooled
+
+    def run(name: str, correct: list[bool], mode: str = "lrt") -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        rows = [
+            {
+                "checkpoint": "final",
+                "task": "arith",
+                "id": f"q{i}",
+                "mode": mode,
+                **BLANK,
+                "correct": c,
+            }
+            for i, c in enumerate(correct)
+        ]
+        (folder / "final_eval_predictions.jsonl").write_text(
+            "\n".join(json.dumps(r) for r in rows) + "\n"
+        )
+        return folder
+
+    a = [run("a0", [True] * 8 + [False] * 2), run("a1", [True] * 6 + [False] * 4)]
+    b = [run("b0", [True] * 5 + [False] * 5), run("b1", [True] * 5 + [False] * 5)]
+    result = main(["--runs", *map(str, a), "--against", *map(str, b)])
+    assert result["runs"]["per_seed"] == [0.8, 0.6] and result["against"]["mean"] == 0.5
+    assert result["difference"] == pytest.approx(0.2)
+    lo, hi = result["ci"]
+    assert lo <= 0.2 <= hi and result["questions"] == 10
+    # Every question improved in every seed: an interval of that one value, a win.
+    same = pooled([{"q": 1.0}, {"q": 1.0}], [{"q": 0.0}, {"q": 0.0}])
+    assert same["ci"] == [1.0, 1.0] and same["win"]
+    with pytest.raises(ConfigError, match="2 runs against 1"):
+        pooled([{"q": 1.0}] * 2, [{"q": 0.0}])
+    with pytest.raises(ConfigError, match="has no answer in mode 'lrt-blind'"):
+        main(["--runs", str(a[0]), "--against", str(b[0]), "--mode", "lrt-blind"])

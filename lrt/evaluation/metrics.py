@@ -115,7 +115,7 @@ def per_question(predictions: Sequence[Prediction]) -> dict[str, float]:
     return {q: sum(c) / len(c) for q, c in scores.items()}
 
 
-def _bootstrap(values: np.ndarray, seed: int) -> tuple[float, float]:
+def bootstrap_interval(values: np.ndarray, seed: int) -> tuple[float, float]:
     """Percentile interval of the mean of `values` over resampled questions."""
     if len(values) == 0:
         return 0.0, 0.0
@@ -128,7 +128,7 @@ def _bootstrap(values: np.ndarray, seed: int) -> tuple[float, float]:
 
 def accuracy_interval(predictions: Sequence[Prediction], seed: int = 0) -> tuple[float, float]:
     """95% bootstrap interval of the accuracy, resampling questions (their samples together)."""
-    return _bootstrap(np.array(list(per_question(predictions).values())), seed)
+    return bootstrap_interval(np.array(list(per_question(predictions).values())), seed)
 
 
 def mcnemar_p(only_a: int, only_b: int) -> float:
@@ -151,7 +151,7 @@ def paired_difference(
     qa, qb = per_question(a), per_question(b)
     common = sorted(set(qa) & set(qb))
     diffs = np.array([qa[q] - qb[q] for q in common])
-    lo, hi = _bootstrap(diffs, seed)
+    lo, hi = bootstrap_interval(diffs, seed)
     greedy = all(v in (0.0, 1.0) for q in common for v in (qa[q], qb[q]))
     only_a = sum(qa[q] > qb[q] for q in common)
     only_b = sum(qb[q] > qa[q] for q in common)

@@ -336,6 +336,7 @@ def mode_rows(
     batch_size: int,
     seed: int,
     all_done: Callable[[bool], bool] | None = None,
+    keep: list[Prediction] | None = None,
 ) -> list[dict[str, Any]]:
     """Each mode on the same records, as the held-out table a training stage prints when it
     ends: accuracy with its 95% interval, the paired difference against the best no-thinking
@@ -361,6 +362,8 @@ def mode_rows(
         preds = [next(p for p in slot if p is not None) for slot in zip(*parts, strict=True)]
         rows.append({"task": task, "mode": mode, **summarize(preds)})
         by_mode.append(preds)
+        if keep is not None:  # every answer, for pairing runs question by question later
+            keep.extend(preds)
     compare_to_best_baseline(rows, by_mode, seed)
     compare_to_swap(rows, by_mode, seed)
     return rows
