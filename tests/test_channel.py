@@ -11,34 +11,19 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import latent_lm
+from test_controls import prompts
 
 from lrt.backbone import Backbone
 from lrt.data.arith import load_arith
-from lrt.data.prompts import PromptConfig, format_prompt, target_text
+from lrt.data.prompts import PromptConfig, target_text
 from lrt.errors import ConfigError
 from lrt.evaluation.predict import predict_modes
 from lrt.lm.latent_lm import LatentLM
 from lrt.modes import DecodeConfig, mode_labels
-from lrt.reasoner import build_reasoner
 from lrt.training.latent_targets import chunk_means, colar_loss
 from lrt.training.settings import SFTSettings
 from lrt.training.sft import SFTModule
-
-SMALL = {"num_latents": 4, "width": 32, "depth": 2, "heads": 4}
-
-
-def lm_with(backbone: Backbone, **reasoner: object) -> LatentLM:
-    torch.manual_seed(0)
-    config = {**SMALL, **reasoner}
-    r = build_reasoner(config, backbone.name, backbone.hidden_size, backbone.embedding_rms())
-    return LatentLM(backbone, r)
-
-
-def prompts(lm: LatentLM, n: int = 3) -> tuple[list, torch.Tensor, torch.Tensor]:
-    records = load_arith("test", limit=n)
-    system = lm.backbone.config.system_prompt
-    texts = [format_prompt(lm.tokenizer, r, PromptConfig(), system) for r in records]
-    return records, *lm.tokenize_prompts(texts)
 
 
 def without_question(lm: LatentLM, ids: torch.Tensor, mask: torch.Tensor):
@@ -60,7 +45,7 @@ def test_a_blind_row_is_the_prompt_without_its_question_to_the_base(
     """The base's view of a blind row equals a prompt from which the question was deleted
     (same logits, same answers with the same latents), while the reasoner still reads the
     whole prompt (the same latents as the seeing encode); rows not blind are untouched."""
-    lm = lm_with(tiny_backbone)
+    lm = latent_lm(tiny_backbone)
     _, ids, mask = prompts(lm)
     seeing = lm.encode(ids, mask)
     blind = lm.encode(ids, mask, torch.tensor([True, False, True]))
@@ -79,7 +64,7 @@ def test_a_blind_row_is_the_prompt_without_its_question_to_the_base(
 def test_lrt_blind_decodes_the_seeing_latents_with_the_question_withheld(
     tiny_backbone: Backbone,
 ) -> None:
-    lm = lm_with(tiny_backbone)
+    lm = latent_lm(tiny_backbone)
     records, ids, mask = prompts(lm)
     settings = DecodeConfig(max_answer_tokens=5)
     out = predict_modes(lm, "arith", records, PromptConfig(), ["lrt", "lrt-blind"], settings, 3)
@@ -131,7 +116,7 @@ def test_question_dropout_draws_rows_by_step_and_place_in_the_global_batch() -> 
 def test_a_dropped_question_trains_through_the_blind_view(tiny_backbone: Backbone) -> None:
     """`sft_loss(blind=...)` is the loss of the prompt with the question deleted, so a row
     dropped by `question_dropout` gets a different loss and gradient than a seeing one."""
-    lm = lm_with(tiny_backbone)
+    lm = latent_lm(tiny_backbone)
     _, ids, mask = prompts(lm)
     answers = lm.tokenize_answers(["1 + 2 = 3. The answer is 3."] * 3)
     everyone = torch.ones(3, dtype=torch.bool)
@@ -147,7 +132,7 @@ def test_a_dropped_question_trains_through_the_blind_view(tiny_backbone: Backbon
 def test_the_token_residual_starts_each_latent_as_a_question_token(
     tiny_backbone: Backbone,
 ) -> None:
-    lm = lm_with(tiny_backbone, token_residual=True, num_latents=100)
+    lm = latent_lm(tiny_backbone, token_residual=True, num_latents=100)
     records, ids, mask = prompts(lm, n=2)
     prefix = lm.encode(ids, mask)
     z = lm.reason(prefix)
@@ -165,7 +150,7 @@ def test_the_token_residual_starts_each_latent_as_a_question_token(
     shut = lm.reason(prefix)[0, : len(q)]
     assert torch.equal(shut, lm.backbone.embed(torch.tensor(q)))
     with pytest.raises(ConfigError, match="token_residual=true needs reasoner.arch='query'"):
-        lm_with(tiny_backbone, token_residual=True, arch="prompt")
+        latent_lm(tiny_backbone, token_residual=True, arch="prompt")
 
 
 def test_the_question_target_is_the_question_text() -> None:
