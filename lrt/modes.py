@@ -122,13 +122,11 @@ def with_controls(modes: Iterable[str], blind: bool = False) -> list[str]:
     there already: every `lrt` result comes with its controls, at the cost of a decode each
     and no training."""
     labels = list(modes)
-    if "lrt" not in labels:
-        return labels
-    controls = ["lrt-swap", "lrt-blind"] if blind else ["lrt-swap"]
-    at = labels.index("lrt") + 1
-    for control in [c for c in controls if c not in labels]:
-        labels.insert(at, control)
-        at += 1
+    after = "lrt"
+    for control in ["lrt-swap", "lrt-blind"] if blind else ["lrt-swap"]:
+        if after in labels and control not in labels:
+            labels.insert(labels.index(after) + 1, control)
+        after = control
     return labels
 
 

@@ -86,6 +86,13 @@ def test_the_blind_control_joins_lrt_unless_turned_off() -> None:
     ]
     assert mode_labels(["lrt", "lrt-blind"], [256], blind=True) == ["lrt", "lrt-swap", "lrt-blind"]
     assert "lrt-blind" not in mode_labels(["lrt"], [256], blind=False)
+    # The default job lists lrt-swap itself: the blind row still comes after it.
+    assert mode_labels(["lrt", "lrt-swap", "direct"], [], blind=True) == [
+        "lrt",
+        "lrt-swap",
+        "lrt-blind",
+        "direct",
+    ]
     assert mode_labels(["direct"], [256], blind=True) == ["direct"]
 
 
