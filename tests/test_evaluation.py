@@ -316,8 +316,8 @@ def test_paper_preset_is_the_papers_protocol() -> None:
         cfg = compose(config_name="evaluate", overrides=["preset=paper", "limit=2"])
     labels = validate_evaluate(cfg)
     # DESIGN.md section 5: both no-thinking baselines (`direct` is the best one on arith), the
-    # method with its swap control, and budget-forced cot at the paper's two budgets.
-    assert labels == ["direct", "nothink", "lrt", "lrt-swap", "cot@512", "cot@1024"]
+    # method with its swap and blind controls, and budget-forced cot at the paper's two budgets.
+    assert labels == ["direct", "nothink", "lrt", "lrt-swap", "lrt-blind", "cot@512", "cot@1024"]
     assert (cfg.pass_at_k.temperature, cfg.pass_at_k.top_p) == (0.6, 0.95)
     assert list(cfg.pass_at_k.k) == [1, 4] and cfg.pass_at_k.n >= 4
     tasks = {t.name: t for t in load_tasks(cfg)}
@@ -349,7 +349,8 @@ def test_every_mode_with_sampling_writes_all_outputs(
         ("base", "nothink"),
         ("base", "cot@4"),
         ("reasoner", "lrt"),
-        ("reasoner", "lrt-swap"),  # added to every lrt evaluation: its control
+        ("reasoner", "lrt-swap"),  # added to every lrt evaluation: its controls
+        ("reasoner", "lrt-blind"),
         ("reasoner", "hybrid@4"),
     }
     for (_, mode), row in rows.items():
@@ -366,7 +367,7 @@ def test_every_mode_with_sampling_writes_all_outputs(
     assert result["config"]["pass_at_k"]["n"] == 2
 
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert len(lines) == 5 * 3 * 2
+    assert len(lines) == 6 * 3 * 2
     assert all(set(p) == PREDICTION_FIELDS for p in lines)
     assert {p["route"] for p in lines if p["mode"] == "hybrid@4"} <= {"lrt", "cot"}
     assert {p["route"] for p in lines if p["mode"] != "hybrid@4"} == {None}
@@ -384,8 +385,10 @@ def test_sweep_folder_evaluates_every_run(tmp_path: Path, tiny_backbone: Backbon
     assert [(r["checkpoint"], r["mode"]) for r in rows] == [
         ("0_reasoner.num_latents=2/final", "lrt"),
         ("0_reasoner.num_latents=2/final", "lrt-swap"),
+        ("0_reasoner.num_latents=2/final", "lrt-blind"),
         ("1_reasoner.num_latents=4/final", "lrt"),
         ("1_reasoner.num_latents=4/final", "lrt-swap"),
+        ("1_reasoner.num_latents=4/final", "lrt-blind"),
     ]
     sweep_md = (out / "sweep.md").read_text()
     assert "| run | reasoner.num_latents | task | mode | accuracy | mean_tokens |" in sweep_md
