@@ -95,12 +95,13 @@ def test_the_logged_spread_skips_the_padding_row_wherever_grouping_moves_it(
     logged: dict[str, float] = {}
     module = SimpleNamespace(
         lm=tiny_lm,
-        settings=SimpleNamespace(micro_batch_size=2),
+        settings=SimpleNamespace(micro_batch_size=2, latent_loss="none"),
         all_sum=lambda v: torch.as_tensor(v, dtype=torch.float64),
         log=lambda key, value, **_: logged.__setitem__(key, value),
         lr_schedulers=lambda: SimpleNamespace(get_last_lr=lambda: [0.0]),
     )
     module.answer_nll = lambda chunk: SFTModule.answer_nll(module, chunk)
+    module.blind_rows = lambda slots: None  # no question dropout
     module.optimizer_step_on = lambda chunks, loss, count: (
         sum(loss(c).detach() for c in chunks) / count
     )

@@ -61,7 +61,8 @@ def test_multirun_over_k_and_sweep_summary(tmp_path: Path, run_script) -> None:
     assert "reasoner.num_latents" in table
     rows = [line.split("|") for line in table.splitlines() if line.startswith("| ")][1:]
     assert sorted(r[2].strip() for r in rows if r[4].strip() == "lrt") == ["2", "4"], table
-    assert sorted(r[4].strip() for r in rows) == ["lrt", "lrt", "lrt-swap", "lrt-swap"], table
+    modes = ["lrt", "lrt", "lrt-blind", "lrt-blind", "lrt-swap", "lrt-swap"]
+    assert sorted(r[4].strip() for r in rows) == modes, table
     assert (out / "sweep.png").is_file()
 
 

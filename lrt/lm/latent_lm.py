@@ -158,17 +158,14 @@ class LatentLM(nn.Module):
             tokens = self.question_embeds(input_ids, attention_mask)
         return Prefix(cache, base_mask, hidden, logits, opened, reason, tokens)
 
-    def question_embeds(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
+    def question_embeds(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The input embeddings of each prompt's first K question tokens, [B, K, d], zero past
         the question's end (`reasoner.token_residual`)."""
         assert self.reasoner is not None
-        k = self.reasoner.num_latents
-        picked = self.question_mask(input_ids, attention_mask).bool()
-        ids = input_ids.new_full((input_ids.shape[0], k), -1)
-        for i in range(input_ids.shape[0]):
-            own = input_ids[i][picked[i]][:k]
+        picked = self.question_mask(input_ids, mask).bool()
+        ids = input_ids.new_full((input_ids.shape[0], self.reasoner.num_latents), -1)
+        for i, row in enumerate(input_ids):
+            own = row[picked[i]][: ids.shape[1]]
             ids[i, : own.numel()] = own
         embeds = self.backbone.embed(ids.clamp(min=0))
         return embeds * ids.ge(0).unsqueeze(-1).to(embeds.dtype)
