@@ -8,7 +8,7 @@ question's difference is averaged over the seeds, and the interval resamples que
 holds both the question and the seed variation a single run hides.
 
     python -m lrt.evaluation.pooled --runs R0 R1 R2 --against C0 C1 C2 [--mode lrt]
-        [--against-mode lrt]
+        [--against-mode lrt] [--against-checkpoint base]
 
 Each run is a training run folder (its `final_eval_predictions.jsonl`) or an evaluation
 folder (its `predictions.jsonl`, checkpoint `final` or the one `--checkpoint` names).
@@ -93,11 +93,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--mode", default="lrt")
     parser.add_argument("--against-mode", default=None, help="default: --mode")
     parser.add_argument("--checkpoint", default="final")
+    parser.add_argument("--against-checkpoint", default=None, help="default: --checkpoint")
     args = parser.parse_args(argv)
     other = args.against_mode or args.mode
     result = pooled(
         [run_scores(r, args.mode, args.checkpoint) for r in args.runs],
-        [run_scores(r, other, args.checkpoint) for r in args.against],
+        [run_scores(r, other, args.against_checkpoint or args.checkpoint) for r in args.against],
     )
     a, b = result["runs"], result["against"]
 
@@ -111,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(
         f"pooled {args.mode} − {other}: {100 * result['difference']:+.1f} "
         f"[{100 * lo:+.1f}, {100 * hi:+.1f}] pts over {result['questions']} questions x "
-        f"{result['seeds']} seeds{' (win)' if result['win'] else ''}"
+        f"{result['seeds']} seeds{' (the interval excludes 0)' if result['win'] else ''}"
     )
     return result
 
