@@ -117,7 +117,7 @@ def decode(
             z = z + sigma * rows.gaussian(shape, z.device).to(z.dtype)
         if m == "lrt-swap":
             z = swapped(z, samples)
-        if m in LATENT_MODES:  # `lrt-blind`'s prefix withholds the question (`prompt_variant`)
+        if m in LATENT_MODES:  # `lrt-blind`'s prefix withholds the question (`encoding`)
             m = "lrt"
         gen = lm.generate(
             p,

@@ -122,10 +122,13 @@ class LatentLM(nn.Module):
         What such a row answers is what Z alone carries (`lrt-blind`, `question_dropout`).
         """
         blind = None if blind is None or not bool(blind.any()) else blind.bool()
+        config = self.reasoner.config if self.reasoner is not None else None
+        reads_question = config is not None and config.attend == "question"
+        needed = blind is not None or reads_question or (config and config.token_residual)
+        question = self.question_mask(input_ids, attention_mask) if needed else None
         base_mask = attention_mask
-        if blind is not None:
-            hidden_q = self.question_mask(input_ids, attention_mask) * blind.unsqueeze(1)
-            base_mask = attention_mask * (1 - hidden_q)
+        if blind is not None:  # one question mask serves the base, the reasoner and the residual
+            base_mask = attention_mask * (1 - question * blind.unsqueeze(1))
         decoder = self.base.get_decoder()
         cache = DynamicCache(config=self.base.config)
         with capture_layer(decoder, self._source_index()) as captured:
@@ -149,20 +152,19 @@ class LatentLM(nn.Module):
         n = self.open_ids.numel()
         opened = input_ids.shape[1] >= n and bool((input_ids[:, -n:] == self.open_ids).all())
         logits = self.base.get_output_embeddings()(last[:, -1]).float()
-        reads_question = self.reasoner is not None and self.reasoner.config.attend == "question"
-        reason = self.question_mask(input_ids, attention_mask) if reads_question else None
+        reason = question if reads_question else None
         if reason is None and blind is not None:
             reason = attention_mask  # the reasoner reads the whole prompt, the base does not
         tokens = None
-        if self.reasoner is not None and self.reasoner.config.token_residual:
-            tokens = self.question_embeds(input_ids, attention_mask)
+        if config is not None and config.token_residual:
+            tokens = self.question_embeds(input_ids, question)
         return Prefix(cache, base_mask, hidden, logits, opened, reason, tokens)
 
-    def question_embeds(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The input embeddings of each prompt's first K question tokens, [B, K, d], zero past
-        the question's end (`reasoner.token_residual`)."""
+    def question_embeds(self, input_ids: torch.Tensor, question: torch.Tensor) -> torch.Tensor:
+        """The input embeddings of each prompt's first K question tokens (`question`: the
+        `question_mask`), [B, K, d], zero past the question's end (`reasoner.token_residual`)."""
         assert self.reasoner is not None
-        picked = self.question_mask(input_ids, mask).bool()
+        picked = question.bool()
         ids = input_ids.new_full((input_ids.shape[0], self.reasoner.num_latents), -1)
         for i, row in enumerate(input_ids):
             own = row[picked[i]][: ids.shape[1]]
