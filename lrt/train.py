@@ -223,9 +223,7 @@ def final_comparison(
         # As evaluate.py writes them (checkpoint "final"), so `paired` and pooled tests over
         # seeds can compare runs question by question without decoding again.
         with (run_dir / "final_eval_predictions.jsonl").open("w") as f:
-            for p in answers:
-                row = {"checkpoint": "final", "task": config.data.task, **p.to_dict()}
-                f.write(json.dumps(row) + "\n")
+            f.writelines(json.dumps(p.row("final", config.data.task)) + "\n" for p in answers)
     return rows
 
 

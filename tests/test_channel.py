@@ -99,13 +99,17 @@ def test_the_blind_control_joins_lrt_unless_turned_off() -> None:
 def test_question_dropout_draws_rows_by_step_and_place_in_the_global_batch() -> None:
     def rows(p: float, step: int, slots: list[int], seed: int = 0) -> list[bool]:
         module = SimpleNamespace(
-            settings=SFTSettings(batch_size=64, question_dropout=p), seed=seed, global_step=step
+            settings=SFTSettings(batch_size=64, question_dropout=p),
+            seed=seed,
+            global_step=step,
+            withheld=False,
         )
         return SFTModule.blind_rows(module, torch.tensor(slots)).tolist()
 
     assert (
         SFTModule.blind_rows(
-            SimpleNamespace(settings=SFTSettings(), seed=0, global_step=0), torch.arange(4)
+            SimpleNamespace(settings=SFTSettings(), seed=0, global_step=0, withheld=False),
+            torch.arange(4),
         )
         is None
     )

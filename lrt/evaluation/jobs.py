@@ -112,8 +112,7 @@ def run_jobs(
                 for mode in modes:
                     preds = answered[mode]
                     for p in preds:
-                        row = {"checkpoint": ckpt.label, "task": task.name, **p.to_dict()}
-                        jsonl.write(json.dumps(row) + "\n")
+                        jsonl.write(json.dumps(p.row(ckpt.label, task.name)) + "\n")
                     rows.append(
                         {
                             "checkpoint": ckpt.label,

@@ -50,3 +50,8 @@ class Prediction:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def row(self, checkpoint: str, task: str) -> dict:
+        """A line of `predictions.jsonl`: the answer with the checkpoint and task it is for
+        (what `evaluate.py` writes and training's `final_eval_predictions.jsonl` too)."""
+        return {"checkpoint": checkpoint, "task": task, **self.to_dict()}

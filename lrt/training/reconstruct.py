@@ -8,9 +8,7 @@ own text, so the loss falls only as far as Z carries the question. Its reasoner 
 
 from __future__ import annotations
 
-import torch
-
-from lrt.training.sft import Batch, SFTModule
+from lrt.training.sft import SFTModule
 
 
 class ReconstructModule(SFTModule):
@@ -18,16 +16,5 @@ class ReconstructModule(SFTModule):
     validation reports the teacher-forced loss only (there is no answer to grade)."""
 
     stage_name = "reconstruct"
-
-    def blind_rows(self, slots: torch.Tensor) -> torch.Tensor:
-        return torch.ones_like(slots, dtype=torch.bool)
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        counted = (batch["slot"] >= 0).unsqueeze(1)
-        masked = {
-            **batch,
-            "answer_mask": batch["answer_mask"] * counted,
-            "blind": self.blind_rows(batch["slot"]),
-        }
-        nll = self.answer_nll(masked, training=False)
-        self._val_nll += torch.tensor([float(nll), float(masked["answer_mask"].sum())])
+    withheld = True
+    grades_answers = False

@@ -78,6 +78,8 @@ class SFTModule(StageModule):
         """Which rows train with the question withheld from the base (`question_dropout`): a
         draw per place in the global batch from (seed, step), so the same questions on any
         number of ranks and on resume (padding rows, slot -1, never)."""
+        if self.withheld:
+            return torch.ones_like(slots, dtype=torch.bool)
         p = self.settings.question_dropout
         if p <= 0:
             return None
@@ -125,13 +127,21 @@ class SFTModule(StageModule):
         super().on_validation_epoch_start()
         self._val_nll = torch.zeros(2, dtype=torch.float64)
 
+    grades_answers = True
+    """Validation decodes and grades answers (`stage=reconstruct`'s target is no answer)."""
+    withheld = False
+    """Every row trains, and validates, with the question withheld (`stage=reconstruct`)."""
+
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Teacher-forced answer loss, plus the greedy accuracy every stage reports."""
         counted = (batch["slot"] >= 0).unsqueeze(1)
         masked = {**batch, "answer_mask": batch["answer_mask"] * counted}
+        if self.withheld:
+            masked["blind"] = torch.ones_like(batch["slot"], dtype=torch.bool)
         nll = self.answer_nll(masked, training=False)
         self._val_nll += torch.tensor([float(nll), float(masked["answer_mask"].sum())])
-        super().validation_step(batch, batch_idx)
+        if self.grades_answers:
+            super().validation_step(batch, batch_idx)
 
     def on_validation_epoch_end(self) -> None:
         nll, tokens = self.all_sum(self._val_nll).tolist()
