@@ -224,9 +224,14 @@ def test_two_steps_write_an_adapter_that_evaluate_loads(tmp_path: Path, run_scri
         "data.train.limit=8",
         "data.test.limit=2",
         "trainer.enable_progress_bar=false",
+        "model.system_prompt=Read the latents.",
         f"hydra.run.dir={run_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # It trains in the system line its rows are evaluated in (the base's), not the latents' one.
+    log = (run_dir / "train.log").read_text().splitlines()
+    shown = next(line for line in log if "training prompts, e.g." in line)
+    assert "<|im_start|>user" in shown and "Read the latents." not in shown
     final = run_dir / "adapter" / "final"
     assert (final / "adapter_model.safetensors").is_file()
     assert json.loads((final / META_NAME).read_text())["base_model"] == "tiny-random-qwen3"

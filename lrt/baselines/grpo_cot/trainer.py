@@ -99,7 +99,9 @@ def train_grpo_cot(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Pat
             f"stage.thinking_budget + stage.max_answer_tokens = {settings.max_completion_length}"
         )
     limit = PromptLimit.from_config(config.data, budget)
-    system = backbone.config.system_prompt
+    # Its rows are base-model modes (nothink, cot), which evaluation asks in the base's own
+    # system line (`model.baseline_system_prompt`), as STIR mines: train in the prompt it is read in.
+    system = backbone.config.baseline_system_prompt
 
     def split(key: str) -> list[Record]:
         return load_limited_split(config.data, key, limit, tokenizer, prompt, system)
