@@ -85,21 +85,33 @@ def train_script():
     return train
 
 
+@pytest.fixture
+def train_in_process(compose_train, train_script) -> Callable[..., None]:
+    """Train `overrides` into `run_dir` in this process, as `train.py` would."""
+
+    def _train(run_dir: Path, *overrides: str) -> None:
+        train_script.run(compose_train(f"run_dir={run_dir}", *overrides))
+
+    return _train
+
+
+def run_entry(script: str, *args: str, timeout: float = SUBPROCESS_TIMEOUT_S) -> CompletedProcess:
+    """Run `train.py` / `evaluate.py` in a fresh interpreter: one thread (two xdist workers on
+    two cores: a second thread each would only oversubscribe them), wandb never online,
+    killed after `timeout` seconds (a hang fails the test with `TimeoutExpired`)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
+    env |= {"OMP_NUM_THREADS": "1", "NETRC": str(ROOT / ".no-netrc")}  # no wandb login
+    return subprocess.run(
+        [sys.executable, script, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
 @pytest.fixture(scope="session")
 def run_script() -> Callable[..., CompletedProcess]:
-    """Run `train.py` / `evaluate.py` in a fresh interpreter: one thread, wandb never online,
-    killed after `timeout` seconds (a hang fails the test with `TimeoutExpired`)."""
-
-    def _run(script: str, *args: str, timeout: float = SUBPROCESS_TIMEOUT_S) -> CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
-        env |= {"OMP_NUM_THREADS": "1", "NETRC": str(ROOT / ".no-netrc")}  # no wandb login
-        return subprocess.run(
-            [sys.executable, script, *args],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=timeout,
-        )
-
-    return _run
+    """`run_entry`, as a fixture."""
+    return run_entry

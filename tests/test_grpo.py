@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import SUBPROCESS_TIMEOUT_S
+from conftest import run_entry
 from omegaconf import OmegaConf
 from torch.distributions import Normal, kl_divergence
 
@@ -722,13 +720,7 @@ def test_train_grpo_two_steps(tmp_path: Path) -> None:
         "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1",
     ]
-    result = subprocess.run(
-        [sys.executable, "train.py", *overrides],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT_S,
-    )
+    result = run_entry("train.py", *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
 
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)

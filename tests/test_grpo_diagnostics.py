@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import csv
 import string
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import SUBPROCESS_TIMEOUT_S
+from conftest import run_entry
 from test_grpo import ROOT, G, answer_module, backbone, prompts, rollout  # noqa: F401
 
 from lrt.backbone import Backbone
@@ -136,13 +134,7 @@ def test_grpo_validates_greedy_and_sampled_on_its_own_number_of_questions(
         "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1",
     ]
-    result = subprocess.run(
-        [sys.executable, "train.py", *overrides],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT_S,
-    )
+    result = run_entry("train.py", *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     log = (run_dir / "train.log").read_text()
     assert "8 train and 3 validation records" in log

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import SUBPROCESS_TIMEOUT_S
+from conftest import run_entry
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
@@ -35,13 +34,7 @@ TINY = [
 
 
 def run_train(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "train.py", *overrides],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT_S,
-    )
+    return run_entry("train.py", *overrides)
 
 
 @pytest.mark.slow
@@ -58,26 +51,8 @@ def test_three_steps_write_checkpoint_and_reasoner(tmp_path: Path) -> None:
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 3
     assert not any(k.startswith("lm.base.") for k in ckpt["state_dict"]), "base weights saved"
-
-    # Same command, more steps: resumes from last.ckpt in the run folder.
-    result = run_train(*TINY, "stage.max_steps=5", f"hydra.run.dir={run_dir}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "resuming from" in result.stdout + result.stderr  # Hydra's job log goes to stdout
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 5
-
-    # A checkpoint written for another base model is refused with a one-line message.
-    result = run_train(
-        *TINY,
-        "stage.max_steps=6",
-        f"hydra.run.dir={tmp_path / 'other'}",
-        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
-        "model.name=another-base",
-    )
-    assert result.returncode != 0
-    assert "checkpoint was trained for base model 'tiny-random-qwen3', not 'another-base'" in (
-        result.stderr
-    )
+    # Resuming (test_resume_by_run_folder_or_by_run_name) and refusing a checkpoint of another
+    # base (test_reliability.py) are tested on their own.
 
 
 @pytest.mark.parametrize(
@@ -210,27 +185,14 @@ def test_loading_init_from_for_another_base_fails(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly(tmp_path: Path) -> None:
-    """3 steps, then resume to 6, gives the same reasoner as 6 uninterrupted steps.
-
-    The first part (launched with max_steps=3) stays inside the 5-step warm-up, whose rates do
-    not depend on max_steps, so both runs follow the same learning-rate schedule.
-    """
-    common = [*TINY, "final_eval.enabled=false", "stage.val_every_n_steps=100"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert run_train(*common, "stage.max_steps=6", f"hydra.run.dir={straight}").returncode == 0
-    assert run_train(*common, "stage.max_steps=3", f"hydra.run.dir={resumed}").returncode == 0
-    assert run_train(*common, "stage.max_steps=6", f"hydra.run.dir={resumed}").returncode == 0
-    a = load_reasoner(straight / "reasoner" / "final").state_dict()
-    b = load_reasoner(resumed / "reasoner" / "final").state_dict()
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0)
-
-
-@pytest.mark.slow
-def test_resume_by_run_folder_or_by_run_name(tmp_path: Path) -> None:
+def test_resume_by_run_folder_or_by_run_name(tmp_path: Path, compose_train, train_script) -> None:
     """`resume=<run folder>` re-composes the run's own overrides in its folder (later
-    overrides win); the same `run_name=` lands in the same folder and resumes too."""
+    overrides win); the same `run_name=` lands in the same folder and resumes too; and a run
+    resumed twice with a longer `stage.max_steps` ends with the reasoner of a straight run.
+
+    Steps 2, 3 and 4 stay inside the 5-step warm-up, whose rates do not depend on max_steps,
+    so the straight and the resumed runs follow the same learning-rate schedule.
+    """
     common = [*TINY, "final_eval.enabled=false", "stage.val_every_n_steps=100"]
     named = [*common, f"paths.output_root={tmp_path}", "run_name=mine"]
     assert run_train(*named, "stage.max_steps=2").returncode == 0
@@ -248,6 +210,13 @@ def test_resume_by_run_folder_or_by_run_name(tmp_path: Path) -> None:
     saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     assert saved.model.name == "tiny-random-qwen3" and saved.stage.max_steps == 4
     assert [p.name for p in (tmp_path / "sft" / "arith").iterdir()] == ["mine"]
+
+    straight = tmp_path / "straight"
+    train_script.run(compose_train(f"run_dir={straight}", *common, "stage.max_steps=4"))
+    a = load_reasoner(straight / "reasoner" / "final").state_dict()
+    b = load_reasoner(run_dir / "reasoner" / "final").state_dict()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0)
 
     result = run_train(f"resume={tmp_path / 'nothing'}")
     assert result.returncode == 1
