@@ -12,7 +12,7 @@ import pytest
 
 from lrt.data import TASKS, Record, generate_arith, load_task
 from lrt.data.arith import MAX_VALUE
-from lrt.data.parsers import last_boxed, parse_lsat
+from lrt.data.parsers import RowError, last_boxed, parse_lsat, parse_svamp
 from lrt.errors import ConfigError, DataError
 
 # (task, split, file under the data folder, expected records): the README's row counts.
@@ -387,6 +387,23 @@ def test_competition_lists_load_from_the_shared_data(data_dir: Path) -> None:
         assert len(records) == count
         assert all(grade(task, f"\\boxed{{{r.answer}}}", r) for r in records)
     assert load_task("amc23", "test", path=data_dir)[0].answer == "27"  # upstream 27.0
+
+
+def test_svamp_poses_body_and_question_and_grades_its_float_answers(data_dir: Path) -> None:
+    from lrt.grading import grade
+
+    records = load_task("svamp", "test", path=data_dir)
+    assert len(records) == 1000
+    first = records[0]
+    assert first.question == (
+        "Each pack of dvds costs 76 dollars. If there is a discount of 25 dollars on each pack "
+        "How much do you have to pay to buy each pack?"
+    )
+    assert (first.id, first.answer, first.solution) == ("chal-1", "51", "( 76.0 - 25.0 )")
+    assert all(grade("svamp", f"The answer is {r.answer}.", r) for r in records)
+    assert not any(r.answer.endswith(".0") for r in records)
+    with pytest.raises(RowError, match="field 'Answer' is not a number"):
+        parse_svamp({"Body": "b", "Question": "q", "Answer": "51"}, "x")
 
 
 def test_validation_carved_from_train_is_seeded_and_disjoint(data_dir: Path) -> None:

@@ -194,6 +194,23 @@ def parse_competition(row: Mapping[str, Any], default_id: str) -> Record:
     return Record(record_id, question.strip(), answer)
 
 
+def parse_svamp(row: Mapping[str, Any], default_id: str) -> Record:
+    """SVAMP (upstream SVAMP.json): the question is `Body + " " + Question`, as its authors pose
+    it; `Answer` is a float (`51.0`), integral values written as integers. `Equation` is its
+    one-line solution, kept as the record's solution."""
+    body, question = _text(row, "Body").strip(), _text(row, "Question").strip()
+    if "Answer" not in row:
+        raise RowError("Answer", "is missing")
+    value = row["Answer"]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RowError("Answer", f"is not a number (got {type(value).__name__})")
+    answer = str(int(value)) if float(value).is_integer() else repr(float(value))
+    equation = row.get("Equation")
+    record_id = row["ID"] if isinstance(row.get("ID"), str) else default_id
+    solution = equation.strip() if isinstance(equation, str) and equation.strip() else None
+    return Record(record_id, f"{body} {question}", answer, solution)
+
+
 def _strip_letter(option: str) -> str:
     """`(A)text` -> `text`: options keep only their text; the prompt letters them."""
     return re.sub(r"^\s*\(?[A-E]\)\s*", "", option).strip()

@@ -25,6 +25,7 @@ from lrt.data.parsers import (
     parse_lsat,
     parse_math,
     parse_openr1,
+    parse_svamp,
 )
 from lrt.data.readers import HubSource, hub_rows, jsonl_rows, parquet_rows
 from lrt.data.records import Record
@@ -153,6 +154,16 @@ TASKS: dict[str, TaskSpec] = {
         parse_row=parse_competition,
         hub={"test": HubSource("HuggingFaceH4/aime_2024", None, "train")},
         local={"test": "aime24/test.jsonl"},
+    ),
+    # SVAMP (Patel et al. 2021): 1000 one-step variations of school word problems, evaluation
+    # only; a transfer test for reasoners trained on GSM8K.
+    "svamp": TaskSpec(
+        name="svamp",
+        grader="numeric",
+        splits=("test",),
+        parse_row=parse_svamp,
+        hub={"test": HubSource("tongyx361/svamp", None, "test")},
+        local={"test": "svamp/test.jsonl"},
     ),
     "arith": TaskSpec(
         name="arith",
