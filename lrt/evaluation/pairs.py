@@ -23,11 +23,17 @@ Key = tuple[str, str, str]
 
 
 def load_predictions(path: Path) -> dict[Key, list[Prediction]]:
-    """`predictions.jsonl` grouped by (checkpoint, task, mode)."""
+    """`predictions.jsonl` (evaluate.py's, or a run's `final_eval_predictions.jsonl`) grouped
+    by (checkpoint, task, mode); a line that is not JSON is named by file and line."""
     groups: dict[Key, list[Prediction]] = {}
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        key = (row.pop("checkpoint"), row.pop("task"), row["mode"])
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{number} is not JSON: {err.msg}") from None
+        key = (row.pop("checkpoint"), row.pop("task", None), row["mode"])
         groups.setdefault(key, []).append(Prediction(**row))
     return groups
 

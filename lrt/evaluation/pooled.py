@@ -17,7 +17,6 @@ folder (its `predictions.jsonl`, checkpoint `final` or the one `--checkpoint` na
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 
 from lrt.errors import ConfigError
 from lrt.evaluation.metrics import bootstrap_interval, per_question
-from lrt.evaluation.prediction import Prediction
+from lrt.evaluation.pairs import load_predictions
 
 FILES = ("final_eval_predictions.jsonl", "predictions.jsonl")
 
@@ -37,18 +36,12 @@ def run_scores(run: Path, mode: str, checkpoint: str = "final") -> dict[str, flo
     path = next((run / name for name in FILES if (run / name).is_file()), None)
     if path is None:
         raise ConfigError(f"{run} has none of {', '.join(FILES)}")
-    kept = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}:{number} is not JSON: {err.msg}") from None
-        if row.get("checkpoint") == checkpoint and row.get("mode") == mode:
-            row.pop("checkpoint")
-            row.pop("task", None)
-            kept.append(Prediction(**row))
+    kept = [
+        answer
+        for (label, _, row_mode), answers in load_predictions(path).items()
+        if label == checkpoint and row_mode == mode
+        for answer in answers
+    ]
     if not kept:
         raise ConfigError(f"{path} has no answer in mode {mode!r} of checkpoint {checkpoint!r}")
     return per_question(kept)

@@ -100,7 +100,8 @@ def train_grpo_cot(config: TrainConfig, run_dir: Path, hyperparams: dict) -> Pat
         )
     limit = PromptLimit.from_config(config.data, budget)
     # Its rows are base-model modes (nothink, cot), which evaluation asks in the base's own
-    # system line (`model.baseline_system_prompt`), as STIR mines: train in the prompt it is read in.
+    # system line (`model.baseline_system_prompt`), as STIR mines: train in the prompt it is
+    # read in.
     system = backbone.config.baseline_system_prompt
 
     def split(key: str) -> list[Record]:
