@@ -4,7 +4,7 @@
 # table docs/compare/results.md + docs/compare/pareto.png (issue 41, item 1). README.md beside
 # this file gives the budgets and the expected times.
 #
-#   bash docs/compare/run.sh                                  # the full run, ~1 h 50 min on 2 cores
+#   bash docs/compare/run.sh                                  # the full run: 1 h 26 min on 2 cores
 #   SMOKE=1 OUT=/tmp/compare_trial bash docs/compare/run.sh   # rehearsal: tiny random model,
 #                                                             # a few steps each, 8 questions
 #   SMOKE=1 SMOKE_MODEL=smollm2_135m OUT=... bash docs/compare/run.sh   # the same on SmolLM2
