@@ -93,7 +93,7 @@ def test_unknown_group_option_is_named(compose_train) -> None:
         compose_train("model=gpt5")
 
 
-EVAL_ONLY = {"aime24", "aime24_local", "amc23", "amc23_local"}
+EVAL_ONLY = {"aime24", "aime24_local", "amc23", "amc23_local", "svamp", "svamp_local"}
 
 
 def test_every_shipped_config_composes(compose_train) -> None:
