@@ -105,7 +105,7 @@ lane_b() {
   # Control + GRPO, from the control's reasoner (its architecture comes with it): ~15 min.
   timed control_sft_grpo "$B_GRPO" train stage=grpo "${GRPO_CUT[@]}" \
     "init_from=$SFT_DIR/control_sft/reasoner/final" run_name=control_sft_grpo
-  # STIR: mining 32 questions x 8 rollouts took 20.1 min (docs/baselines.md).
+  # STIR: mining 32 questions x 8 rollouts took 4 min 44 s in the full run (docs/compare/README.md).
   timed stir "$B_STIR" train experiment=stir_smollm2_arith "${STIR_CUT[@]}" run_name=stir
   # Token-space GRPO (TRL + LoRA on explicit CoT): 4 x 4 rollouts of <= 128 tokens a step,
   # est. 60-190 s/step: 6 steps ~6-19 min.
