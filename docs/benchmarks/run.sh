@@ -9,7 +9,7 @@
 # Each is one evaluate.py run whose results.md (95% intervals, paired differences) is copied
 # here as gsm8k.md, svamp.md and lsat_math.md; wall times in times.tsv.
 #
-#   bash docs/benchmarks/run.sh                                  # the full run (est. ~3 h, 2 cores)
+#   bash docs/benchmarks/run.sh                                  # the full run (est. 3-4 h, 2 cores)
 #   SMOKE=1 OUT=/tmp/bench_trial bash docs/benchmarks/run.sh     # rehearsal: tiny random model
 #
 # The two trainings run side by side, one thread each; the evaluations then have both cores.
