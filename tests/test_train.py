@@ -185,7 +185,7 @@ def test_loading_init_from_for_another_base_fails(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_resume_by_run_folder_or_by_run_name(tmp_path: Path, compose_train, train_script) -> None:
+def test_resume_by_run_folder_or_by_run_name(tmp_path: Path, train_in_process) -> None:
     """`resume=<run folder>` re-composes the run's own overrides in its folder (later
     overrides win); the same `run_name=` lands in the same folder and resumes too; and a run
     resumed twice with a longer `stage.max_steps` ends with the reasoner of a straight run.
@@ -212,7 +212,7 @@ def test_resume_by_run_folder_or_by_run_name(tmp_path: Path, compose_train, trai
     assert [p.name for p in (tmp_path / "sft" / "arith").iterdir()] == ["mine"]
 
     straight = tmp_path / "straight"
-    train_script.run(compose_train(f"run_dir={straight}", *common, "stage.max_steps=4"))
+    train_in_process(straight, *common, "stage.max_steps=4")
     a = load_reasoner(straight / "reasoner" / "final").state_dict()
     b = load_reasoner(run_dir / "reasoner" / "final").state_dict()
     for key in a:

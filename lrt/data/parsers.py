@@ -176,6 +176,11 @@ def parse_deepscaler(row: Mapping[str, Any], default_id: str) -> Record:
     return Record(default_id, problem.strip(), answer, solution)
 
 
+def _number_text(value: float) -> str:
+    """A float answer as its dataset means it: `27.0` -> `27`, `2.5` -> `2.5`."""
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
 def parse_competition(row: Mapping[str, Any], default_id: str) -> Record:
     """AMC23 / AIME24 lists (Qwen2.5-Math layout): `problem` (or `question`) and `answer`,
     which AMC23 stores as a float (`27.0`): integral values are written as integers."""
@@ -186,7 +191,7 @@ def parse_competition(row: Mapping[str, Any], default_id: str) -> Record:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise RowError("answer", f"is not a number or string (got {type(value).__name__})")
     if isinstance(value, float):
-        value = str(int(value)) if value.is_integer() else repr(value)
+        value = _number_text(value)
     answer = str(value).strip()
     if not answer:
         raise RowError("answer", "is empty")
@@ -204,7 +209,7 @@ def parse_svamp(row: Mapping[str, Any], default_id: str) -> Record:
     value = row["Answer"]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RowError("Answer", f"is not a number (got {type(value).__name__})")
-    answer = str(int(value)) if float(value).is_integer() else repr(float(value))
+    answer = _number_text(float(value))
     equation = row.get("Equation")
     record_id = row["ID"] if isinstance(row.get("ID"), str) else default_id
     solution = equation.strip() if isinstance(equation, str) and equation.strip() else None
