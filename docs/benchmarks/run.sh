@@ -12,10 +12,11 @@
 # CUT to fit 2 cores in one session (issue 41 asks cot on all 500 GSM8K questions, all of SVAMP,
 # LSAT-AR and MATH-500): budget-forced cot writes up to 512 thinking tokens per question at about
 # 70 tokens/s per thread. lrt is then paired with cot@512 on the 200 questions both answered
-# (pairs_cot.txt). Each results.md (95% intervals, paired differences) is copied here as
-# gsm8k.md, gsm8k_cot.md, svamp.md and lsat_math.md; wall times in times.tsv.
+# (pairs_cot.txt). Each results.md (95% intervals, differences against the best no-thinking
+# row) is copied here as gsm8k.md, gsm8k_cot.md, svamp.md and lsat_math.md, the paired
+# lrt - control tables as gsm8k_paired.md and svamp_paired.md; wall times in times.tsv.
 #
-#   bash docs/benchmarks/run.sh                                  # the full run (about 2 h 30 min)
+#   bash docs/benchmarks/run.sh                                  # the full run (2 h 0 min, 2 cores)
 #   SMOKE=1 OUT=/tmp/bench_trial bash docs/benchmarks/run.sh     # rehearsal: tiny random model
 #   PHASE=train|evaluate bash docs/benchmarks/run.sh             # one half (default: all)
 #
@@ -112,5 +113,8 @@ wait $B || status=1
 for name in gsm8k gsm8k_cot svamp lsat_math; do
   cp "$OUT/eval_$name/results.md" "$DEST/$name.md"
 done
+for name in gsm8k svamp; do
+  cp "$OUT/eval_$name/paired.md" "$DEST/${name}_paired.md"
+done
 if [[ $DEST != "$OUT" ]]; then cp "$TIMES" "$OUT/pairs_cot.txt" "$DEST/"; fi
-echo "[$(date +%T)] wrote $DEST/{gsm8k,gsm8k_cot,svamp,lsat_math}.md, pairs_cot.txt, times.tsv"
+echo "[$(date +%T)] wrote $DEST/{gsm8k,gsm8k_cot,svamp,lsat_math}.md, *_paired.md, pairs_cot.txt, times.tsv"
