@@ -49,6 +49,14 @@ TIMES=$OUT/times.tsv
 mkdir -p "$OUT/logs" "$DEST"
 [[ $PHASE == evaluate ]] || : >"$TIMES"
 
+# wait_lanes PID...: waits for every lane, then fails when any of them failed (no lane is left
+# running behind a failed one).
+wait_lanes() {
+  local pid status=0
+  for pid in "$@"; do wait "$pid" || status=1; done
+  return $status
+}
+
 # timed NAME COMMAND...: runs COMMAND (log in $OUT/logs/NAME.log), appends NAME <tab> seconds
 # <tab> ok|failed to $TIMES, and fails the script when COMMAND fails.
 timed() {
@@ -71,8 +79,7 @@ if [[ $PHASE != evaluate ]]; then
   timed lrt_gsm8k train run_name=lrt &
   A=$!
   timed control_gsm8k train reasoner=prompt run_name=control &
-  B=$!
-  wait $A && wait $B
+  wait_lanes $A $!
 fi
 [[ $PHASE != train ]] || exit 0
 
@@ -100,11 +107,7 @@ lane_b() {
 lane_a &
 A=$!
 lane_b &
-B=$!
-status=0
-wait $A || status=1
-wait $B || status=1
-[[ $status == 0 ]]
+wait_lanes $A $!
 
 # lrt against the longest thinking budget, on the questions both answered.
 "$PY" -m lrt.evaluation.pooled --runs "$OUT/eval_gsm8k" --checkpoint lrt/final \
